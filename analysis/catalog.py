@@ -1,0 +1,100 @@
+"""DuckDB over the results folder: one view per table, plus views that answer users' questions.
+
+Views (all queries run on an in-memory DuckDB that only reads the Parquet files):
+  cells, runs, metrics       the raw tables (hive column `sweep` added)
+  latest_runs                the last attempt of each cell
+  results                    metrics of each cell's successful attempt, joined to its dimensions
+  leaderboard                one row per successful cell: perplexity and its delta % vs the
+                             model's baseline, decode tok/s and speedup, weight bytes and reduction
+  skipped                    cells the validity rules skipped, with the reason
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from analysis.store import TABLES
+
+_VIEWS = """
+CREATE VIEW latest_runs AS
+  SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY sweep, cell_id ORDER BY attempt DESC) = 1;
+CREATE VIEW results AS
+  SELECT c.sweep, c.cell_id, c.label, c.model, c.method, c.backend, c.bits, c.group_size, c.options,
+         c.kv_cache_dtype, c.engine, c.is_baseline, m.metric, m.value, m.unit, m.direction, m.settings
+  FROM metrics m
+  JOIN latest_runs r ON r.sweep = m.sweep AND r.cell_id = m.cell_id AND r.attempt = m.attempt AND r.status = 'ok'
+  JOIN (SELECT DISTINCT ON (sweep, cell_id) * FROM cells) c ON c.sweep = m.sweep AND c.cell_id = m.cell_id;
+CREATE VIEW cell_metrics AS
+  SELECT sweep, cell_id, any_value(label) AS label, any_value(model) AS model, any_value(method) AS method,
+         any_value(bits) AS bits, any_value(group_size) AS group_size, any_value(kv_cache_dtype) AS kv_cache_dtype,
+         any_value(engine) AS engine, any_value(is_baseline) AS is_baseline,
+         max(value) FILTER (metric = 'perplexity') AS perplexity,
+         any_value(settings) FILTER (metric = 'perplexity') AS perplexity_settings,
+         max(value) FILTER (metric = 'decode_tokens_per_s') AS decode_tokens_per_s,
+         max(value) FILTER (metric = 'ttft_ms') AS ttft_ms,
+         max(value) FILTER (metric = 'weight_bytes') AS weight_bytes,
+         max(value) FILTER (metric = 'peak_memory_bytes') AS peak_memory_bytes,
+         max(value) FILTER (metric = 'quantize_seconds') AS quantize_seconds
+  FROM results GROUP BY sweep, cell_id;
+CREATE VIEW leaderboard AS
+  SELECT c.sweep, c.model, c.label, c.method, c.bits, c.group_size, c.kv_cache_dtype, c.engine,
+         c.perplexity,
+         100 * (c.perplexity / b.perplexity - 1) AS perplexity_delta_pct,
+         c.decode_tokens_per_s, c.decode_tokens_per_s / b.decode_tokens_per_s AS speedup,
+         c.ttft_ms, c.weight_bytes, b.weight_bytes / c.weight_bytes AS memory_reduction,
+         c.peak_memory_bytes, c.quantize_seconds, c.cell_id
+  FROM cell_metrics c
+  LEFT JOIN cell_metrics b ON b.sweep = c.sweep AND b.model = c.model AND b.is_baseline
+       AND b.engine = c.engine AND b.perplexity_settings IS NOT DISTINCT FROM c.perplexity_settings
+  ORDER BY c.sweep, c.model, c.perplexity NULLS LAST;
+CREATE VIEW skipped AS
+  SELECT c.sweep, c.model, c.label, c.method, c.bits, c.group_size, c.kv_cache_dtype, c.engine, r.reason, c.cell_id
+  FROM latest_runs r JOIN (SELECT DISTINCT ON (sweep, cell_id) * FROM cells) c USING (sweep, cell_id)
+  WHERE r.status = 'skipped';
+"""
+
+
+class NoResults(RuntimeError):
+    pass
+
+
+def connect(results: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB whose views read the Parquet files; the files are never written."""
+    root = Path(results)
+    if not (root / "runs").is_dir():
+        raise NoResults(f"no results under {root}: run `qmx sweep SPEC --results {root}` first")
+    con = duckdb.connect(":memory:")
+    for table in TABLES:
+        glob = (root / table / "*" / "*.parquet").as_posix()
+        if any((root / table).glob("*/*.parquet")):
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
+                        f"union_by_name = true)")
+        else:   # keep every view defined even when, say, only skipped cells exist
+            from analysis.store import SCHEMAS
+            cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in SCHEMAS[table]) + ", NULL::VARCHAR AS sweep"
+            con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE false")
+    con.execute(_VIEWS)
+    return con
+
+
+def _duck_type(t) -> str:
+    import pyarrow as pa
+    return {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}.get(
+        t, "TIMESTAMPTZ")
+
+
+_READ_ONLY = {"SELECT", "EXPLAIN"}
+
+
+def query(results: str | Path, sql: str):
+    """Run read-only SQL (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE) and return an Arrow table."""
+    con = connect(results)
+    statements = con.extract_statements(sql)
+    for st in statements:
+        kind = st.type.name
+        if kind not in _READ_ONLY:
+            raise PermissionError(f"qmx query is read-only: a {kind} statement is not allowed")
+    if len(statements) != 1:
+        raise ValueError(f"qmx query takes one statement, got {len(statements)}")
+    return con.execute(sql).to_arrow_table()

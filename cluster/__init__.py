@@ -1,0 +1,1 @@
+"""Ray: connect to a cluster or start an embedded one, and drive a sweep across it."""

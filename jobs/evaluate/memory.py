@@ -1,0 +1,36 @@
+"""Memory: weight bytes of the loaded model and the peak memory of the cell's process.
+
+weight_bytes counts every parameter and buffer once, floating tensors at most 2 bytes per
+element: the width they are stored and served in (the CPU engine upcasts to fp32 to compute).
+Quantized tensors (int8, packed 4-bit) count at their real size.
+"""
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+from jobs.evaluate import Metric
+
+
+def weight_bytes(model) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        width = min(t.element_size(), 2) if t.is_floating_point() else t.element_size()
+        total += t.numel() * width
+    return total
+
+
+def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+    import torch
+
+    out = [Metric.of("weight_bytes", weight_bytes(engine.model), "bytes", "lower", floats_counted_at="16-bit")]
+    if engine.device == "cuda":
+        out.append(Metric.of("peak_memory_bytes", torch.cuda.max_memory_allocated(), "bytes", "lower",
+                             kind="cuda max_memory_allocated"))
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out.append(Metric.of("peak_memory_bytes", peak, "bytes", "lower", kind="process peak RSS (one actor per cell)"))
+    return out

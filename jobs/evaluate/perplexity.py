@@ -1,0 +1,49 @@
+"""Perplexity: sliding windows of `context` tokens moved by `stride`, on a named corpus.
+
+Each window scores only the tokens not scored by the previous one (stride == context gives
+non-overlapping windows). A BOS token is prepended to every window when the tokenizer has one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jobs.corpora import load_corpus
+from jobs.evaluate import Metric
+
+
+def corpus_token_ids(tokenizer, corpus: str, max_tokens: int | None) -> list[int]:
+    text = "\n\n".join(load_corpus(corpus))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def perplexity(model, token_ids: list[int], context: int, stride: int, bos: int | None, device: str) -> tuple[float, int]:
+    """(perplexity, number of scored tokens) of `token_ids` under `model`."""
+    import torch
+
+    nll, scored, prev_end = 0.0, 0, 0
+    with torch.inference_mode():
+        for begin in range(0, len(token_ids), stride):
+            end = min(begin + context, len(token_ids))
+            window = token_ids[begin:end]
+            prefix = [bos] if bos is not None else []
+            x = torch.tensor([prefix + window], device=device)
+            logits = model(x).logits[0, :-1].float()
+            targets = x[0, 1:]
+            logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            new = end - max(prev_end, begin) if bos is not None else end - max(prev_end, begin + 1)
+            nll -= logprobs[-new:].sum().item()
+            scored += new
+            prev_end = end
+            if end == len(token_ids):
+                break
+    return math.exp(nll / scored), scored
+
+
+def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+    ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
+    ppl, scored = perplexity(engine.model, ids, settings["context"], settings["stride"],
+                             engine.tokenizer.bos_token_id, engine.device)
+    return [Metric.of("perplexity", ppl, "ppl", "lower", corpus=settings["corpus"], context=settings["context"],
+                      stride=settings["stride"], tokens=scored, bos=engine.tokenizer.bos_token_id is not None)]

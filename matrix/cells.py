@@ -1,0 +1,76 @@
+"""Cells and their stable identities.
+
+`cell_id` hashes every dimension of a cell; `artifact_key` hashes only what changes the
+quantized weights, so cells that differ in KV dtype, engine or evaluation share one artifact.
+Both hash canonical JSON (sorted keys, defaults filled in), so key order in the YAML and
+defaults written or left out give the same ids.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _digest(obj: Any, n: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    revision: str | None
+    method: str
+    backend: str
+    bits: int
+    group_size: int | None
+    options: tuple[tuple[str, Any], ...]      # sorted (name, value) pairs
+    kv_cache_dtype: str
+    engine: str
+    calibration: tuple[tuple[str, Any], ...] | None   # None where the method takes none
+    evaluation: str                           # canonical JSON of the evaluation settings
+    tensor_parallel_size: int = 1
+    trust_remote_code: bool = False
+
+    def dims(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        d["calibration"] = dict(self.calibration) if self.calibration is not None else None
+        d["evaluation"] = json.loads(self.evaluation)
+        return d
+
+    @property
+    def cell_id(self) -> str:
+        return _digest(self.dims())
+
+    @property
+    def artifact_key(self) -> str:
+        d = self.dims()
+        return _digest({k: d[k] for k in ("model", "revision", "method", "backend", "bits",
+                                          "group_size", "options", "calibration")})
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == "none"
+
+    @property
+    def label(self) -> str:
+        """A short human name: method, bits, group, options, KV, engine."""
+        parts = [self.method if self.method != "none" else "bf16"]
+        if self.method != "none":
+            parts.append(f"w{self.bits}")
+        if self.group_size is not None:
+            parts.append("per-channel" if self.group_size == -1 else f"g{self.group_size}")
+        parts += [f"{k}={v}" for k, v in self.options]
+        if self.kv_cache_dtype != "auto":
+            parts.append(f"kv={self.kv_cache_dtype}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class SkippedCell:
+    cell: Cell
+    reason: str
+    rule: str = field(default="")

@@ -1,0 +1,80 @@
+"""Validity rules as data: each rule names itself and says why a cell cannot run.
+
+A rule is a pure function (cell, model config) -> reason or None. Model-shape rules read
+`config.json` values only, never weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from matrix.cells import Cell
+from matrix.methods import METHODS
+
+ModelConfig = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    check: Callable[[Cell, ModelConfig], str | None]
+
+
+def quantized_input_dims(config: ModelConfig) -> dict[str, int]:
+    """Input dimension of each quantized Linear family in a decoder (q/k/v, o, gate/up, down)."""
+    hidden = config.get("hidden_size")
+    if hidden is None:
+        return {}
+    heads = config.get("num_attention_heads", 1)
+    head_dim = config.get("head_dim") or hidden // heads
+    dims = {"q/k/v and gate/up": hidden, "o_proj": heads * head_dim}
+    if config.get("intermediate_size"):
+        dims["down_proj"] = config["intermediate_size"]
+    return dims
+
+
+def _bits_allowed(cell: Cell, _: ModelConfig) -> str | None:
+    info = METHODS[cell.method]
+    if cell.bits not in info.bits:
+        allowed = ", ".join(map(str, info.bits))
+        return f"{cell.method} is {allowed}-bit only" if len(info.bits) == 1 else \
+            f"{cell.method} supports bits {allowed}, not {cell.bits}"
+    return None
+
+
+def _group_divides_layers(cell: Cell, config: ModelConfig) -> str | None:
+    if cell.group_size in (None, -1):
+        return None
+    bad = {name: d for name, d in quantized_input_dims(config).items() if d % cell.group_size}
+    if bad:
+        what = ", ".join(f"{name} in_features {d}" for name, d in bad.items())
+        return f"group size {cell.group_size} does not divide {what}"
+    return None
+
+
+def _fp8_kv_needs_vllm(cell: Cell, _: ModelConfig) -> str | None:
+    if cell.kv_cache_dtype.startswith("fp8") and cell.engine != "vllm":
+        return f"{cell.kv_cache_dtype} KV cache needs the vllm engine (engine is {cell.engine})"
+    return None
+
+
+def _awq_bits(cell: Cell, _: ModelConfig) -> str | None:
+    if cell.method == "awq" and cell.backend == "llmcompressor" and cell.bits != 4:
+        return "llm-compressor AWQ supports 4-bit weights only"
+    return None
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("bits-allowed", _bits_allowed),
+    Rule("group-divides-layers", _group_divides_layers),
+    Rule("fp8-kv-needs-vllm", _fp8_kv_needs_vllm),
+    Rule("awq-bits", _awq_bits),
+)
+
+
+def first_violation(cell: Cell, config: ModelConfig) -> tuple[str, str] | None:
+    for rule in RULES:
+        reason = rule.check(cell, config)
+        if reason:
+            return rule.name, reason
+    return None
