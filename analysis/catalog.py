@@ -97,4 +97,4 @@ def query(results: str | Path, sql: str):
             raise PermissionError(f"qmx query is read-only: a {kind} statement is not allowed")
     if len(statements) != 1:
         raise ValueError(f"qmx query takes one statement, got {len(statements)}")
-    return con.execute(sql).to_arrow_table()
+    return con.sql(sql).to_arrow_table()

@@ -45,8 +45,8 @@ def render_markdown(rows: list[dict], skipped: list[dict] = ()) -> str:
 def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     con = connect(results)
     where, params = ("WHERE sweep = ?", [sweep]) if sweep else ("", [])
-    rows = con.execute(f"SELECT * FROM leaderboard {where}", params).to_arrow_table().to_pylist()
-    skipped = con.execute(f"SELECT * FROM skipped {where} ORDER BY model, label", params).to_arrow_table().to_pylist()
+    rows = con.sql(f"SELECT * FROM leaderboard {where}", params=params).to_arrow_table().to_pylist()
+    skipped = con.sql(f"SELECT * FROM skipped {where} ORDER BY model, label", params=params).to_arrow_table().to_pylist()
     settings = con.execute(f"SELECT DISTINCT settings FROM results WHERE metric = 'perplexity' "
                            f"{'AND sweep = ?' if sweep else ''}", params).fetchall()
     header = "Ranked by perplexity (lower is better); Δ, speedup and memory reduction are vs the model's bf16 baseline."

@@ -11,8 +11,8 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="quantmatrix: a distributed benchmarking matrix for LLM quantization.")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 RESULTS = typer.Option(Path("results"), "--results", "-r", help="results folder (Parquet store)")
 
