@@ -55,6 +55,8 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None) -> CellOutcome:
     start = time.perf_counter()
     manifest = manifest or ensure_artifact(cell)
     engine = load_engine(cell, manifest)
+    from jobs.evaluate.memory import weight_bytes
+    at_load = weight_bytes(engine.model)
     metrics: list[Metric] = []
     # load-time methods quantize while loading: that load is their quantization time
     q_seconds = manifest["quantize_seconds"] if manifest["quantize_seconds"] is not None else engine.load_seconds
@@ -64,7 +66,10 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None) -> CellOutcome:
     for name, settings in json.loads(cell.evaluation).items():
         if settings is not None:
             metrics += run_evaluator(name, engine, settings)
-    metrics += run_evaluator("memory", engine, {})
+    metrics += run_evaluator("memory", engine, {"weight_bytes_at_load": at_load})
+    notes = list(engine.notes)
+    if weight_bytes(engine.model) > at_load * 1.2:
+        notes.append("the engine decompressed the quantized weights at first forward (see weights_in_use_bytes)")
     table = pa.Table.from_pylist([{"metric": m.name, "value": m.value, "unit": m.unit, "direction": m.direction,
                                    "settings": m.settings} for m in metrics], schema=METRIC_SCHEMA)
     import torch
@@ -72,6 +77,6 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None) -> CellOutcome:
         "host": socket.gethostname(), "device": _device_name(), "compute_dtype": engine.compute_dtype,
         "threads": torch.get_num_threads(), "format": manifest["format"],
         "library_versions": json.dumps(library_versions(get_backend(cell.backend).libraries)),
-        "notes": "; ".join(engine.notes), "seconds": time.perf_counter() - start,
+        "notes": "; ".join(notes), "seconds": time.perf_counter() - start,
     }
     return CellOutcome(table, facts)
