@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ CELLS_SCHEMA = pa.schema([
 RUNS_SCHEMA = pa.schema([
     ("cell_id", pa.string()), ("attempt", pa.int32()), ("status", pa.string()), ("reason", pa.string()),
     ("error", pa.string()), ("started_at", pa.timestamp("ms", tz="UTC")), ("seconds", pa.float64()),
-    ("host", pa.string()), ("device", pa.string()), ("compute_dtype", pa.string()), ("format", pa.string()),
+    ("host", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()), ("device", pa.string()), ("compute_dtype", pa.string()), ("format", pa.string()),
     ("library_versions", pa.string()), ("notes", pa.string()), ("schema_version", pa.int32()),
 ])
 METRICS_SCHEMA = pa.schema([
@@ -53,10 +52,13 @@ def cell_row(cell) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
 class ResultStore:
-    root: Path
-    sweep: str
+    """One sweep's partition of the store. The index of recorded runs is read once, then kept
+    up to date by `record`, so the driver's per-cell bookkeeping never rereads the folder."""
+
+    def __init__(self, root: str | Path, sweep: str):
+        self.root, self.sweep = Path(root), sweep
+        self._index: dict[str, list[dict[str, Any]]] | None = None
 
     def _dir(self, table: str) -> Path:
         return Path(self.root) / table / f"sweep={self.sweep}"
@@ -70,12 +72,13 @@ class ResultStore:
 
     def attempts(self) -> dict[str, list[dict[str, Any]]]:
         """Every recorded run per cell id (read with pyarrow: no DuckDB needed on the driver)."""
-        folder = self._dir("runs")
-        out: dict[str, list[dict[str, Any]]] = {}
-        for f in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            for row in pq.read_table(f, columns=["cell_id", "attempt", "status"]).to_pylist():
-                out.setdefault(row["cell_id"], []).append(row)
-        return out
+        if self._index is None:
+            folder = self._dir("runs")
+            self._index = {}
+            for f in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+                for row in pq.read_table(f, columns=["cell_id", "attempt", "status"]).to_pylist():
+                    self._index.setdefault(row["cell_id"], []).append(row)
+        return self._index
 
     def finished_cell_ids(self) -> set[str]:
         return {cid for cid, runs in self.attempts().items() if any(r["status"] in FINISHED for r in runs)}
@@ -95,3 +98,5 @@ class ResultStore:
         row = {name_: None for name_ in RUNS_SCHEMA.names} | run | {
             "cell_id": cell.cell_id, "attempt": attempt, "schema_version": SCHEMA_VERSION}
         self._write("runs", name, pa.Table.from_pylist([row], schema=RUNS_SCHEMA))
+        self.attempts().setdefault(cell.cell_id, []).append(
+            {"cell_id": cell.cell_id, "attempt": attempt, "status": row["status"]})

@@ -32,6 +32,8 @@ class SweepReport:
     quantizations: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # one entry per successful cell: where and when Ray ran it (cell_id, node_id, gpu_ids, start, end: unix s)
+    placements: list[dict[str, Any]] = field(default_factory=list)
 
 
 def plan_sweep(spec: SweepSpec) -> Expansion:
@@ -86,19 +88,34 @@ class _Scheduler:
     """Streams work through Ray: quantize tasks per artifact key, then one actor per cell."""
 
     def __init__(self, store: ResultStore, cluster: ClusterResources, res: ResourcesSpec, report: SweepReport,
-                 on_progress: Callable[[str, int, int], None] | None):
+                 on_progress: Callable[[str, int, int], None] | None, *,
+                 run_fn: Callable[[Cell, dict[str, Any] | None], Any] | None = None,
+                 quantize_fn: Callable[[Cell], dict[str, Any]] | None = None,
+                 cost_fn: Callable[[Cell], float] | None = None):
+        """`run_fn(cell, manifest) -> CellOutcome` and `quantize_fn(cell) -> manifest` default to
+        jobs.run_cell's; they are injectable so a benchmark can drive this same scheduling code with
+        synthetic work. `cost_fn(cell)` (an estimate of a cell's run time), when given, submits the cells
+        longest first so the long poles do not start last."""
         import ray
 
-        from jobs.run_cell import quantize_step, run_cell
+        if run_fn is None or quantize_fn is None:
+            from jobs.run_cell import quantize_step, run_cell
+            run_fn, quantize_fn = run_fn or run_cell, quantize_fn or quantize_step
 
         self.ray, self.store, self.cluster, self.res, self.report = ray, store, cluster, res, report
         self.on_progress = on_progress or (lambda *_: None)
-        self.quantize = ray.remote(max_retries=0)(quantize_step)
+        self.cost_fn = cost_fn
+        self.quantize = ray.remote(max_retries=0)(quantize_fn)
 
         @ray.remote(max_restarts=0)
         class CellWorker:
             def run(self, cell: Cell, manifest: dict[str, Any]):
-                return run_cell(cell, manifest)
+                began = time.time()
+                outcome = run_fn(cell, manifest)
+                # where Ray placed this actor: the driver folds it into the run's facts
+                ctx = ray.get_runtime_context()
+                return outcome, {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                                 "start": began, "end": time.time()}
 
         self.worker_cls = CellWorker
         self.pending: dict[Any, tuple] = {}     # object ref -> (kind, payload, attempt, started, actor)
@@ -118,6 +135,8 @@ class _Scheduler:
     def run(self, todo: list[Cell]) -> None:
         from jobs.quantize import get_backend
 
+        if self.cost_fn is not None:     # longest first; sorted() is stable, so ties keep spec order
+            todo = sorted(todo, key=self.cost_fn, reverse=True)
         by_key: dict[str, list[Cell]] = {}
         for c in todo:
             by_key.setdefault(c.artifact_key, []).append(c)
@@ -167,8 +186,10 @@ class _Scheduler:
         cell, manifest = payload
         self.report.ran += 1
         if error is None:
-            run = {"status": "ok", "started_at": started, **outcome.facts}
+            outcome, placement = outcome
+            run = {"status": "ok", "started_at": started, **outcome.facts, **_placement_facts(outcome.facts, placement)}
             self.store.record(cell, attempt, run, outcome.metrics)
+            self.report.placements.append({"cell_id": cell.cell_id, **placement})
             self.report.succeeded += 1
             return 1
         final = attempt > self.res.max_retries      # counts attempts across reruns too
@@ -186,6 +207,19 @@ class _Scheduler:
         if final:
             self.report.failed += 1
             self.report.failures.append((cell.label, error.splitlines()[-1] if error else ""))
+
+
+def _placement_facts(facts: dict[str, Any], placement: dict[str, Any]) -> dict[str, Any]:
+    """The Ray placement of a cell: `node_id` and `gpu_ids` (the GPU ids Ray pinned, comma-separated;
+    None without GPUs) for the runs columns of those names (a store without them ignores the keys).
+    Also, readable in any store version: `host` becomes `<hostname>/<first 8 hex of the Ray node id>`
+    (several Ray nodes can share a host), and `notes` gains `gpu_ids=<ids>` when the cell had GPUs."""
+    out = {"host": f"{facts.get('host') or ''}/{placement['node_id'][:8]}", "node_id": placement["node_id"],
+           "gpu_ids": ",".join(placement["gpu_ids"]) or None}
+    if placement["gpu_ids"]:
+        pin = "gpu_ids=" + ",".join(placement["gpu_ids"])
+        out["notes"] = "; ".join(n for n in (facts.get("notes") or "", pin) if n)
+    return out
 
 
 def _short_error(exc: BaseException) -> str:

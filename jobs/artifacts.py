@@ -44,10 +44,10 @@ def ensure_artifact(cell: Cell) -> dict[str, Any]:
     out = artifacts_dir() / cell.artifact_key
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
-        return json.loads(manifest_path.read_text())
+        return {**json.loads(manifest_path.read_text()), "built": False}   # reused, not built here
     with file_lock(artifacts_dir() / f"{cell.artifact_key}.lock"):
         if manifest_path.is_file():     # another worker finished it while we waited
-            return json.loads(manifest_path.read_text())
+            return {**json.loads(manifest_path.read_text()), "built": False}
         tmp = Path(tempfile.mkdtemp(dir=artifacts_dir(), prefix=f".{cell.artifact_key}-"))
         try:
             calib = dict(cell.calibration or ())

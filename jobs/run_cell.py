@@ -62,7 +62,7 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None) -> CellOutcome:
     q_seconds = manifest["quantize_seconds"] if manifest["quantize_seconds"] is not None else engine.load_seconds
     if not cell.is_baseline:
         metrics.append(Metric.of("quantize_seconds", q_seconds, "s", "lower",
-                                 stage="artifact" if manifest.get("built") else "load-time"))
+                                 stage="artifact" if manifest["quantize_seconds"] is not None else "load-time"))
     for name, settings in json.loads(cell.evaluation).items():
         if settings is not None:
             metrics += run_evaluator(name, engine, settings)

@@ -81,6 +81,18 @@ class PerplexitySpec(_Strict):
         return self
 
 
+class KLSpec(PerplexitySpec):
+    """KL of next-token distributions from the unquantized baseline, on perplexity's windows."""
+    top_k: int = Field(64, ge=1, description="baseline log-probs kept per token; the rest is one bucket")
+
+
+class LmEvalSpec(_Strict):
+    """Offline multiple-choice tasks run through lm-evaluation-harness."""
+    tasks: list[Literal["evals-mmlu"]] = Field(default_factory=lambda: ["evals-mmlu"], min_length=1)
+    limit: int = Field(100, ge=1, description="items per task (the first N, in file order)")
+    num_fewshot: int = Field(0, ge=0)
+
+
 class SpeedSpec(_Strict):
     prompt_tokens: int = Field(32, ge=1)
     new_tokens: int = Field(32, ge=2)
@@ -90,6 +102,8 @@ class SpeedSpec(_Strict):
 class EvaluationSpec(_Strict):
     perplexity: PerplexitySpec | None = PerplexitySpec()
     speed: SpeedSpec | None = SpeedSpec()
+    kl_divergence: KLSpec | None = None
+    lm_eval: LmEvalSpec | None = None
 
 
 class ResourcesSpec(_Strict):

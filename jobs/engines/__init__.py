@@ -18,6 +18,11 @@ class Engine:
     compute_dtype: str
     load_seconds: float
     notes: tuple[str, ...] = ()
+    # the unquantized model this cell derives from (a local folder or hub id), and whether
+    # `model` *is* those weights unquantized: reference-based metrics (KL) need both
+    base_path: str | None = None
+    base_revision: str | None = None
+    is_base: bool = False
 
 
 def load_engine(cell, manifest: dict[str, Any]) -> Engine:

@@ -14,6 +14,8 @@ _MODULES = {
     "perplexity": "jobs.evaluate.perplexity",
     "speed": "jobs.evaluate.speed",
     "memory": "jobs.evaluate.memory",
+    "kl_divergence": "jobs.evaluate.kl_divergence",
+    "lm_eval": "jobs.evaluate.lm_eval_tasks",
 }
 
 

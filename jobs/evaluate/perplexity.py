@@ -6,7 +6,7 @@ non-overlapping windows). A BOS token is prepended to every window when the toke
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 from jobs.corpora import load_corpus
 from jobs.evaluate import Metric
@@ -18,26 +18,36 @@ def corpus_token_ids(tokenizer, corpus: str, max_tokens: int | None) -> list[int
     return ids[:max_tokens] if max_tokens else ids
 
 
+def scored_windows(token_ids: list[int], context: int, stride: int, bos: int | None) -> Iterator[tuple[list[int], int]]:
+    """(model input, number of new scored positions at its end) per window.
+
+    Shared with the KL evaluator, so both score exactly the same tokens.
+    """
+    prev_end = 0
+    for begin in range(0, len(token_ids), stride):
+        end = min(begin + context, len(token_ids))
+        prefix = [bos] if bos is not None else []
+        # without a BOS the window's first token has nothing to be predicted from
+        new = end - max(prev_end, begin) if bos is not None else end - max(prev_end, begin + 1)
+        yield prefix + token_ids[begin:end], new
+        prev_end = end
+        if end == len(token_ids):
+            break
+
+
 def perplexity(model, token_ids: list[int], context: int, stride: int, bos: int | None, device: str) -> tuple[float, int]:
     """(perplexity, number of scored tokens) of `token_ids` under `model`."""
     import torch
 
-    nll, scored, prev_end = 0.0, 0, 0
+    nll, scored = 0.0, 0
     with torch.inference_mode():
-        for begin in range(0, len(token_ids), stride):
-            end = min(begin + context, len(token_ids))
-            window = token_ids[begin:end]
-            prefix = [bos] if bos is not None else []
-            x = torch.tensor([prefix + window], device=device)
+        for window, new in scored_windows(token_ids, context, stride, bos):
+            x = torch.tensor([window], device=device)
             logits = model(x).logits[0, :-1].float()
             targets = x[0, 1:]
             logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-            new = end - max(prev_end, begin) if bos is not None else end - max(prev_end, begin + 1)
             nll -= logprobs[-new:].sum().item()
             scored += new
-            prev_end = end
-            if end == len(token_ids):
-                break
     return math.exp(nll / scored), scored
 
 

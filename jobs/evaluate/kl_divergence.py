@@ -1,0 +1,161 @@
+"""KL divergence of the cell's next-token distributions from its own unquantized baseline.
+
+Scores the same tokens as perplexity (same corpus, context, stride and windows, via
+`perplexity.scored_windows`). For every scored position t, with P the baseline's distribution
+and Q the cell's:
+
+    KL_t = sum_{v in S_t} p_v (log p_v - log q_v) + p_R log(p_R / q_R)
+
+where S_t is the baseline's top-k tokens at t (k = `top_k`, default 64) and p_R, q_R are the
+probability mass each model puts on all other tokens. This is the exact KL between P and Q
+coarsened to k + 1 outcomes (the top-k tokens and one "rest" bucket), hence a *lower bound* on
+the full-vocabulary KL (data-processing inequality); it is exact when the baseline puts no mass
+outside its top-k. We store top-k rather than the full distribution so that the cached reference
+stays small: 2048 tokens x 64 x (fp32 + int64) is ~1.6 MB, where the full 49k-token vocabulary
+of SmolLM2 would be ~400 MB. `top_k` and `approximation` appear in every metric's settings, so
+values computed with different k are never compared.
+
+The baseline is the base model in the engine's compute dtype (fp32 on CPU, bf16 on GPU), run on
+the engine's device. Its top-k log-probs are cached under
+<cache>/baseline-logprobs/<digest>.pt; the first cell that needs them computes them (reusing its
+own model when it *is* the unquantized base, else loading the base with transformers), later
+cells, on any worker sharing the cache, read them.
+
+Metrics: kl_divergence_mean and kl_divergence_p99 over scored tokens (nats), and top1_agreement,
+the fraction of positions where the cell's argmax equals the baseline's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jobs.evaluate import Metric
+from jobs.evaluate.perplexity import corpus_token_ids, scored_windows
+from jobs.filelock import file_lock
+from jobs.models import cache_root
+
+DEFAULT_TOP_K = 64
+_CACHE_FORMAT = 1   # bump when the cached tensors' meaning changes
+
+
+def _cache_path(engine, ids: list[int], settings: dict[str, Any], top_k: int) -> Path:
+    key = {
+        "format": _CACHE_FORMAT, "model": engine.base_path, "revision": engine.base_revision,
+        "corpus": settings["corpus"], "context": settings["context"], "stride": settings["stride"],
+        "max_tokens": settings.get("max_tokens"), "top_k": top_k, "bos": engine.tokenizer.bos_token_id,
+        # the reference depends on the arithmetic it ran in, and on the exact tokens
+        "dtype": engine.compute_dtype, "device": engine.device.split(":")[0],
+        "tokens": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "baseline-logprobs" / f"{digest}.pt"
+
+
+def _window_logprobs(model, window: list[int], new: int, device: str):
+    """fp32 log-probs [new, vocab] of the last `new` next-token predictions of `window`."""
+    import torch
+    x = torch.tensor([window], device=device)
+    return torch.log_softmax(model(x).logits[0, :-1][-new:].float(), dim=-1)
+
+
+def _rest_logmass(logprobs, idx):
+    """log of the probability mass outside `idx` per row, computed without cancellation."""
+    import torch
+    return logprobs.scatter(1, idx, float("-inf")).logsumexp(dim=-1)
+
+
+def _reference(model, ids: list[int], settings: dict[str, Any], bos: int | None, device: str, top_k: int):
+    import torch
+    tops, idxs, rests = [], [], []
+    with torch.inference_mode():
+        for window, new in scored_windows(ids, settings["context"], settings["stride"], bos):
+            if new <= 0:
+                continue
+            lp = _window_logprobs(model, window, new, device)
+            top, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)   # sorted: column 0 is the argmax
+            tops.append(top.cpu()); idxs.append(idx.cpu()); rests.append(_rest_logmass(lp, idx).cpu())
+    return {"top_logprobs": torch.cat(tops), "top_ids": torch.cat(idxs), "rest_logmass": torch.cat(rests)}
+
+
+def _load_base(engine):
+    import torch
+    from transformers import AutoModelForCausalLM
+    dtype = getattr(torch, engine.compute_dtype)
+    model = AutoModelForCausalLM.from_pretrained(engine.base_path, revision=engine.base_revision, dtype=dtype,
+                                                 device_map=engine.device if engine.device != "cpu" else None)
+    return model.eval()
+
+
+def baseline_reference(engine, ids: list[int], settings: dict[str, Any], top_k: int) -> dict[str, Any]:
+    """The base model's top-k log-probs on the scored tokens: from the cache, or computed once."""
+    import torch
+    path = _cache_path(engine, ids, settings, top_k)
+    if not path.is_file():
+        with file_lock(path.with_suffix(".lock")):
+            if not path.is_file():      # another worker may have written it while we waited
+                # the baseline cell's own model is the reference: no second copy in memory
+                model = engine.model if engine.is_base else _load_base(engine)
+                try:
+                    ref = _reference(model, ids, settings, engine.tokenizer.bos_token_id, engine.device, top_k)
+                finally:
+                    if model is not engine.model:
+                        del model
+                        if torch.cuda.is_available():
+                            torch.cuda.empty_cache()
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+                os.close(fd)
+                try:
+                    torch.save(ref, tmp)
+                    os.replace(tmp, path)    # readers see the whole file or none
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: int | None, device: str,
+                         ref: dict[str, Any]):
+    """Per-token coarsened KL(P_ref || Q_model) and per-token top-1 agreement (both 1-D tensors)."""
+    import torch
+    kls, agree, row = [], [], 0
+    with torch.inference_mode():
+        for window, new in scored_windows(ids, settings["context"], settings["stride"], bos):
+            if new <= 0:
+                continue
+            q = _window_logprobs(model, window, new, device).cpu()
+            p_top = ref["top_logprobs"][row:row + new]
+            idx = ref["top_ids"][row:row + new]
+            p_rest = ref["rest_logmass"][row:row + new]
+            row += new
+            q_top = q.gather(1, idx)
+            q_rest = _rest_logmass(q, idx)
+            kl = (p_top.exp() * (p_top - q_top)).sum(-1)
+            # p_R log(p_R/q_R); 0 where the baseline leaves no mass outside its top-k
+            kl = kl + torch.where(p_rest > float("-inf"), p_rest.exp() * (p_rest - q_rest), torch.zeros_like(kl))
+            kls.append(kl.clamp_min(0.0))    # float rounding can dip a hair below 0
+            agree.append((q.argmax(-1) == idx[:, 0]).float())
+    if row != ref["top_ids"].shape[0]:
+        raise RuntimeError(f"baseline reference has {ref['top_ids'].shape[0]} positions, scored {row}")
+    return torch.cat(kls), torch.cat(agree)
+
+
+def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+    import torch
+    if engine.base_path is None:
+        raise ValueError(f"engine {engine.name!r} does not name its base model; KL needs it")
+    top_k = settings.get("top_k", DEFAULT_TOP_K)
+    ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
+    ref = baseline_reference(engine, ids, settings, top_k)
+    kl, agree = kl_against_reference(engine.model, ids, settings, engine.tokenizer.bos_token_id, engine.device, ref)
+    common = dict(corpus=settings["corpus"], context=settings["context"], stride=settings["stride"],
+                  tokens=int(kl.numel()), top_k=top_k, reference=f"unquantized base, {engine.compute_dtype}",
+                  approximation="top-k + rest bucket (lower bound on full KL)")
+    return [
+        Metric.of("kl_divergence_mean", kl.mean().item(), "nats", "lower", **common),
+        Metric.of("kl_divergence_p99", torch.quantile(kl.double(), 0.99).item(), "nats", "lower", **common),
+        Metric.of("top1_agreement", agree.mean().item(), "fraction", "higher", **common),
+    ]
