@@ -56,7 +56,7 @@ CREATE VIEW skipped AS
 
 
 class NoResults(RuntimeError):
-    pass
+    """The results folder holds no sweep yet."""
 
 
 def connect(results: str | Path) -> duckdb.DuckDBPyConnection:

@@ -30,7 +30,8 @@ CELLS_SCHEMA = pa.schema([
 RUNS_SCHEMA = pa.schema([
     ("cell_id", pa.string()), ("attempt", pa.int32()), ("status", pa.string()), ("reason", pa.string()),
     ("error", pa.string()), ("started_at", pa.timestamp("ms", tz="UTC")), ("seconds", pa.float64()),
-    ("host", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()), ("device", pa.string()), ("compute_dtype", pa.string()), ("format", pa.string()),
+    ("host", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()), ("device", pa.string()),
+    ("compute_dtype", pa.string()), ("format", pa.string()),
     ("library_versions", pa.string()), ("notes", pa.string()), ("schema_version", pa.int32()),
 ])
 METRICS_SCHEMA = pa.schema([

@@ -32,7 +32,7 @@ def sweep(spec: Path = typer.Argument(..., help="sweep spec (YAML)"), results: P
     """Validate, expand and run a sweep; each finished cell lands in Parquet at once. Reruns resume."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cluster.driver import plan_sweep, run_sweep
+    from cluster.driver import run_sweep
 
     parsed = _load(spec)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -43,7 +43,7 @@ def sweep(spec: Path = typer.Argument(..., help="sweep spec (YAML)"), results: P
             progress.update(task, completed=done, total=total)
 
         report = run_sweep(parsed, results, address, on_progress)
-    for s in plan_sweep(parsed).skipped:
+    for s in report.skipped_cells:
         console.print(f"[yellow]skipped[/yellow] {s.cell.model} {s.cell.label}: {s.reason}", highlight=False)
     for label, error in report.failures:
         console.print(f"[red]failed[/red] {label}: {error}", highlight=False)

@@ -34,6 +34,7 @@ class SweepReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     # one entry per successful cell: where and when Ray ran it (cell_id, node_id, gpu_ids, start, end: unix s)
     placements: list[dict[str, Any]] = field(default_factory=list)
+    skipped_cells: list[SkippedCell] = field(default_factory=list)
 
 
 def plan_sweep(spec: SweepSpec) -> Expansion:
@@ -76,7 +77,7 @@ def run_sweep(spec: SweepSpec, results: str | Path, address: str | None = None,
                          {"status": "skipped", "reason": s.reason, "started_at": _now(), "seconds": 0.0})
     todo = [c for c in expansion.cells if c.cell_id not in done]
     report = SweepReport(spec.name, len(expansion.cells), len(expansion.skipped),
-                         len(expansion.cells) - len(todo))
+                         len(expansion.cells) - len(todo), skipped_cells=list(expansion.skipped))
     if todo:
         cluster = connect(address)
         _Scheduler(store, cluster, spec.resources, report, on_progress).run(todo)
@@ -187,7 +188,7 @@ class _Scheduler:
         self.report.ran += 1
         if error is None:
             outcome, placement = outcome
-            run = {"status": "ok", "started_at": started, **outcome.facts, **_placement_facts(outcome.facts, placement)}
+            run = {"status": "ok", "started_at": started, **outcome.facts, **_placement_facts(placement)}
             self.store.record(cell, attempt, run, outcome.metrics)
             self.report.placements.append({"cell_id": cell.cell_id, **placement})
             self.report.succeeded += 1
@@ -209,17 +210,9 @@ class _Scheduler:
             self.report.failures.append((cell.label, error.splitlines()[-1] if error else ""))
 
 
-def _placement_facts(facts: dict[str, Any], placement: dict[str, Any]) -> dict[str, Any]:
-    """The Ray placement of a cell: `node_id` and `gpu_ids` (the GPU ids Ray pinned, comma-separated;
-    None without GPUs) for the runs columns of those names (a store without them ignores the keys).
-    Also, readable in any store version: `host` becomes `<hostname>/<first 8 hex of the Ray node id>`
-    (several Ray nodes can share a host), and `notes` gains `gpu_ids=<ids>` when the cell had GPUs."""
-    out = {"host": f"{facts.get('host') or ''}/{placement['node_id'][:8]}", "node_id": placement["node_id"],
-           "gpu_ids": ",".join(placement["gpu_ids"]) or None}
-    if placement["gpu_ids"]:
-        pin = "gpu_ids=" + ",".join(placement["gpu_ids"])
-        out["notes"] = "; ".join(n for n in (facts.get("notes") or "", pin) if n)
-    return out
+def _placement_facts(placement: dict[str, Any]) -> dict[str, Any]:
+    """The runs columns that say where Ray placed a cell: its node, and the GPU ids it pinned."""
+    return {"node_id": placement["node_id"], "gpu_ids": ",".join(placement["gpu_ids"]) or None}
 
 
 def _short_error(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 class AssetMissing(RuntimeError):
-    pass
+    """A package-shipped file is not installed."""
 
 
 def package_file(dist: str, relpath: str) -> Path:
