@@ -7,6 +7,12 @@ Views (all queries run on an in-memory DuckDB that only reads the Parquet files)
   leaderboard                one row per successful cell: perplexity and its delta % vs the
                              model's baseline, decode tok/s and speedup, weight bytes and reduction
   skipped                    cells the validity rules skipped, with the reason
+  samples, generations       per-request latency samples and prompt-set outputs of each cell's
+                             latest successful attempt (every attempt: samples_all, generations_all)
+  generations_side_by_side   each cell's output per prompt beside its model's baseline output
+
+A store on an object store (`s3://`, `gs://`) is read through DuckDB's httpfs extension, which
+must be installed and given credentials by the user (`INSTALL httpfs`, `CREATE SECRET ...`).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from analysis.store import TABLES
+from analysis.store import ROW_TABLES, SCHEMAS, TABLES, local_path
 
 _VIEWS = """
 CREATE VIEW latest_runs AS
@@ -52,6 +58,23 @@ CREATE VIEW skipped AS
   SELECT c.sweep, c.model, c.label, c.method, c.bits, c.group_size, c.kv_cache_dtype, c.engine, r.reason, c.cell_id
   FROM latest_runs r JOIN (SELECT DISTINCT ON (sweep, cell_id) * FROM cells) c USING (sweep, cell_id)
   WHERE r.status = 'skipped';
+CREATE VIEW samples AS
+  SELECT s.* FROM samples_all s
+  JOIN latest_runs r ON r.sweep = s.sweep AND r.cell_id = s.cell_id AND r.attempt = s.attempt AND r.status = 'ok';
+CREATE VIEW generations AS
+  SELECT g.* FROM generations_all g
+  JOIN latest_runs r ON r.sweep = g.sweep AND r.cell_id = g.cell_id AND r.attempt = g.attempt AND r.status = 'ok';
+CREATE VIEW generations_side_by_side AS
+  WITH dims AS (SELECT DISTINCT ON (sweep, cell_id) sweep, cell_id, label, model, engine, is_baseline FROM cells)
+  SELECT c.sweep, c.model, c.label, c.engine, g.cell_id, g.prompt_id, g.prompt,
+         g.output, bg.output AS baseline_output, g.output = bg.output AS same_as_baseline,
+         g.output_tokens, bg.output_tokens AS baseline_output_tokens, g.settings, b.cell_id AS baseline_cell_id
+  FROM generations g
+  JOIN dims c ON c.sweep = g.sweep AND c.cell_id = g.cell_id
+  LEFT JOIN dims b ON b.sweep = c.sweep AND b.model = c.model AND b.engine = c.engine AND b.is_baseline
+  LEFT JOIN generations bg ON bg.sweep = b.sweep AND bg.cell_id = b.cell_id AND bg.prompt_id = g.prompt_id
+       AND bg.settings IS NOT DISTINCT FROM g.settings
+  ORDER BY c.sweep, c.model, g.prompt_id, c.label;
 """
 
 
@@ -61,19 +84,25 @@ class NoResults(RuntimeError):
 
 def connect(results: str | Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB whose views read the Parquet files; the files are never written."""
-    root = Path(results)
-    if not (root / "runs").is_dir():
-        raise NoResults(f"no results under {root}: run `qmx sweep SPEC --results {root}` first")
+    import pyarrow.fs as pafs
+    from analysis.store import open_root
+
+    fs, base = open_root(results)
+    local = local_path(results)
+    # DuckDB reads local paths itself; object-store URIs go to it as written (httpfs)
+    prefix = local.as_posix() if local is not None else str(results).rstrip("/")
+    if fs.get_file_info(f"{base.rstrip('/')}/runs").type == pafs.FileType.NotFound:
+        raise NoResults(f"no results under {results}: run `qmx sweep SPEC --results {results}` first")
     con = duckdb.connect(":memory:")
     for table in TABLES:
-        glob = (root / table / "*" / "*.parquet").as_posix()
-        if any((root / table).glob("*/*.parquet")):
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
-                        f"union_by_name = true)")
+        view = f"{table}_all" if table in ROW_TABLES else table
+        found = fs.get_file_info(pafs.FileSelector(f"{base.rstrip('/')}/{table}", recursive=True, allow_not_found=True))
+        if any(f.base_name.endswith(".parquet") and not f.base_name.startswith(".") for f in found):
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{prefix}/{table}/*/*.parquet', "
+                        f"hive_partitioning = true, union_by_name = true)")
         else:   # keep every view defined even when, say, only skipped cells exist
-            from analysis.store import SCHEMAS
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in SCHEMAS[table]) + ", NULL::VARCHAR AS sweep"
-            con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE false")
+            con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
     con.execute(_VIEWS)
     return con
 

@@ -1,9 +1,12 @@
 """The sweep driver: plan, resume, schedule on Ray, stream each finished cell to the store.
 
-Quantization runs as a Ray task once per artifact key; each cell then runs on a fresh actor
-that loads the engine and evaluates. Resources are declared to Ray (GPUs when the cluster has
-them, CPUs otherwise); Ray does the pinning. A failing cell is retried on a fresh actor and
-then recorded as failed; the sweep goes on. Finished cells are never run or written twice.
+Quantization runs as a Ray task once per artifact key, submitted first (the long poles). Cells
+run on a pool of long-lived worker actors, one per resource slot, each keeping its loaded engine
+so that cells with the same engine key run back to back without reloading (engines that cannot
+be unloaded in-process, vLLM, get a fresh actor per cell). Ray does the pinning (see
+`cluster.placement`); the ordering and routing decisions are pure (`cluster.scheduling`). A
+failing cell is retried on a fresh actor and then recorded as failed; the sweep goes on.
+Finished cells are never run or written twice. Ctrl-C stops cleanly (`cluster.interrupt`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from analysis.store import ResultStore
-from cluster.ray_runtime import ClusterResources, connect
+from cluster import placement, scheduling
+from cluster.interrupt import SweepInterrupted, sigint_requests_stop
+from cluster.placement import PlacementError, Slot  # noqa: F401  (PlacementError: raised by run_sweep)
+from cluster.ray_runtime import ClusterResources, cluster_resources, connect
+from cluster.runtime_envs import stage_runtime_env
 from matrix import Cell, Expansion, SkippedCell, SweepSpec, expand_matrix
 from matrix.spec import ResourcesSpec
 
@@ -35,30 +42,27 @@ class SweepReport:
     # one entry per successful cell: where and when Ray ran it (cell_id, node_id, gpu_ids, start, end: unix s)
     placements: list[dict[str, Any]] = field(default_factory=list)
     skipped_cells: list[SkippedCell] = field(default_factory=list)
+    workers_started: int = 0          # cell actors started (fewer than cells: workers are reused)
 
 
 def plan_sweep(spec: SweepSpec) -> Expansion:
     """Expand the spec against each model's config; cells whose backend this build lacks are skipped."""
     from jobs.models import read_config
-    from jobs.quantize import backend_names
+    from jobs.quantize import backend_names, unavailable_reason
 
     configs = {m.id: read_config(m.id, m.revision) for m in spec.models}
     expansion = expand_matrix(spec, configs)
-    available = set(backend_names())
+    # with a quantize-stage runtime env the libraries live there, not in the driver's environment
+    stage_env = getattr(getattr(spec.resources, "runtime_env", None), "quantize", None) is not None
+    reasons = {b: (f"backend {b!r} is not implemented in this version" if b not in backend_names() else None)
+               if stage_env else unavailable_reason(b) for b in {c.backend for c in expansion.cells}}
     cells, skipped = [], list(expansion.skipped)
     for c in expansion.cells:
-        if c.backend in available:
+        if reasons[c.backend] is None:
             cells.append(c)
         else:
-            skipped.append(SkippedCell(c, f"backend {c.backend!r} is not implemented in this version; "
-                                          f"available: {', '.join(sorted(available))}", "backend-available"))
-    return Expansion(tuple(cells), tuple(skipped))
-
-
-def cell_resources(cluster: ClusterResources, cell: Cell, res: ResourcesSpec) -> dict[str, Any]:
-    if cluster.gpus > 0:
-        return {"num_gpus": cell.tensor_parallel_size, "num_cpus": 1}
-    return {"num_cpus": max(1, min(res.cpus_per_cell, int(cluster.cpus)))}
+            skipped.append(SkippedCell(c, reasons[c.backend], "backend-available"))
+    return Expansion(tuple(cells), tuple(skipped), expansion.excluded)
 
 
 def _now() -> datetime:
@@ -67,138 +71,343 @@ def _now() -> datetime:
 
 def run_sweep(spec: SweepSpec, results: str | Path, address: str | None = None,
               on_progress: Callable[[str, int, int], None] | None = None) -> SweepReport:
+    """Run the cells not yet finished in `results` (a path or a pyarrow filesystem URI).
+
+    Raises PlacementError before any work when the cluster cannot place the cells, and
+    SweepInterrupted after a Ctrl-C (finished cells stay stored)."""
     start = time.perf_counter()
     expansion = plan_sweep(spec)
-    store = ResultStore(Path(results), spec.name)
+    store = ResultStore(results, spec.name)
     done = store.finished_cell_ids()
+    todo = [c for c in expansion.cells if c.cell_id not in done]
+    scheduler = None
+    if todo:
+        scheduler = _Scheduler(store, connect(address), spec.resources, None, on_progress)
+        scheduler.check(todo)                 # before anything is written or submitted
     for s in expansion.skipped:
         if s.cell.cell_id not in done:
             store.record(s.cell, store.next_attempt(s.cell.cell_id),
                          {"status": "skipped", "reason": s.reason, "started_at": _now(), "seconds": 0.0})
-    todo = [c for c in expansion.cells if c.cell_id not in done]
     report = SweepReport(spec.name, len(expansion.cells), len(expansion.skipped),
                          len(expansion.cells) - len(todo), skipped_cells=list(expansion.skipped))
-    if todo:
-        cluster = connect(address)
-        _Scheduler(store, cluster, spec.resources, report, on_progress).run(todo)
+    if scheduler is not None:
+        scheduler.report = report
+        with sigint_requests_stop() as stop:
+            scheduler.stop = stop.is_set
+            scheduler.run(todo)
     report.seconds = time.perf_counter() - start
     return report
 
 
-class _Scheduler:
-    """Streams work through Ray: quantize tasks per artifact key, then one actor per cell."""
+@dataclass
+class _Worker:
+    """A live cell actor: its slot, its placement group (gangs only) and the engine it has loaded."""
+    actor: Any
+    slot: Slot
+    pg: Any = None
+    engine_key: tuple | None = None
+    reusable: bool = True
+    busy: bool = False
+    node_id: str | None = None          # known after its first cell
 
-    def __init__(self, store: ResultStore, cluster: ClusterResources, res: ResourcesSpec, report: SweepReport,
-                 on_progress: Callable[[str, int, int], None] | None, *,
-                 run_fn: Callable[[Cell, dict[str, Any] | None], Any] | None = None,
+
+@dataclass(frozen=True)
+class _Flight:
+    """What an object ref in flight stands for."""
+    kind: str                                   # "quantize" | "cell"
+    attempt: int
+    started: datetime
+    job: scheduling.QuantizeJob | None = None
+    cell: Cell | None = None
+    worker: _Worker | None = None
+
+
+class _Scheduler:
+    """Streams work through Ray: quantize tasks per artifact key, then cells on a worker pool."""
+
+    def __init__(self, store: ResultStore, cluster: ClusterResources, res: ResourcesSpec,
+                 report: SweepReport | None, on_progress: Callable[[str, int, int], None] | None, *,
+                 run_fn: Callable[[Cell, dict[str, Any] | None, dict[str, Any]], Any] | None = None,
                  quantize_fn: Callable[[Cell], dict[str, Any]] | None = None,
-                 cost_fn: Callable[[Cell], float] | None = None):
-        """`run_fn(cell, manifest) -> CellOutcome` and `quantize_fn(cell) -> manifest` default to
-        jobs.run_cell's; they are injectable so a benchmark can drive this same scheduling code with
-        synthetic work. `cost_fn(cell)` (an estimate of a cell's run time), when given, submits the cells
-        longest first so the long poles do not start last."""
+                 cost_fn: Callable[[Cell], float] | None = None,
+                 quantize_cost_fn: Callable[[Cell], float] | None = None,
+                 needs_artifact: Callable[[Cell], bool] | None = None,
+                 reusable: Callable[[Cell], bool] | None = None):
+        """`run_fn(cell, manifest, state) -> CellOutcome` and `quantize_fn(cell) -> manifest` default to
+        jobs.run_cell's; with the cost estimates, `needs_artifact` (the backend writes one) and `reusable`
+        (the engine may stay loaded) they are injectable, so the scheduler benchmark drives this same
+        code with synthetic work."""
         import ray
 
         if run_fn is None or quantize_fn is None:
             from jobs.run_cell import quantize_step, run_cell
             run_fn, quantize_fn = run_fn or run_cell, quantize_fn or quantize_step
+        if needs_artifact is None:
+            from jobs.quantize import get_backend
+            needs_artifact = lambda c: get_backend(c.backend).writes_artifact  # noqa: E731
+        if reusable is None:
+            from jobs.engines import engine_reusable
+            reusable = lambda c: engine_reusable(c.engine)  # noqa: E731
 
         self.ray, self.store, self.cluster, self.res, self.report = ray, store, cluster, res, report
         self.on_progress = on_progress or (lambda *_: None)
-        self.cost_fn = cost_fn
-        self.quantize = ray.remote(max_retries=0)(quantize_fn)
+        self.stop: Callable[[], bool] = lambda: False
+        self._cost_fn = cost_fn or scheduling.estimate_cost
+        self._costs: dict[str, float] = {}
+        self._slots: dict[str, Slot] = {}
+        self.quantize_cost = quantize_cost_fn or scheduling.estimate_quantize_cost
+        self.needs_artifact, self.reusable = needs_artifact, reusable
+        self.gpu_cluster = cluster.gpus > 0
+        self.accelerator = _ray_accelerator_type(getattr(res, "accelerator_type", None))
+        self.serve_env = stage_runtime_env(res, "serve")
+        self.quantize_task = ray.remote(max_retries=0)(quantize_fn)
 
-        @ray.remote(max_restarts=0)
+        @ray.remote(max_restarts=0, max_task_retries=0)
         class CellWorker:
-            def run(self, cell: Cell, manifest: dict[str, Any]):
+            def __init__(self):
+                self.state: dict[str, Any] = {}     # the loaded engine, kept across this worker's cells
+
+            def run(self, cell: Cell, manifest: dict[str, Any] | None):
                 began = time.time()
-                outcome = run_fn(cell, manifest)
+                outcome = run_fn(cell, manifest, self.state)
                 # where Ray placed this actor: the driver folds it into the run's facts
                 ctx = ray.get_runtime_context()
                 return outcome, {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                                  "start": began, "end": time.time()}
 
         self.worker_cls = CellWorker
-        self.pending: dict[Any, tuple] = {}     # object ref -> (kind, payload, attempt, started, actor)
+        self.quantize_env = stage_runtime_env(res, "quantize")
+        self.pending: dict[Any, _Flight] = {}
+        self.workers: list[_Worker] = []
+        self.ready: list[Cell] = []                 # longest first
+        self.manifests: dict[str, dict[str, Any] | None] = {}
+        self.fresh_only: set[str] = set()           # retries: never on a worker that already ran something
+        self.finished = self.total = 0
 
-    def _submit_quantize(self, key: str, cells: list[Cell], attempt: int) -> None:
-        opts = cell_resources(self.cluster, cells[0], self.res)
-        ref = self.quantize.options(**opts, name=f"quantize:{key}").remote(cells[0])
-        self.pending[ref] = ("quantize", cells, attempt, _now(), None)
+    def cost(self, cell: Cell) -> float:
+        """The cell's estimated run time, computed once (ordering compares it often)."""
+        value = self._costs.get(cell.cell_id)
+        if value is None:
+            value = self._costs[cell.cell_id] = self._cost_fn(cell)
+        return value
 
-    def _submit_cell(self, cell: Cell, manifest: dict[str, Any]) -> None:
-        attempt = self.store.next_attempt(cell.cell_id)
-        actor = self.worker_cls.options(**cell_resources(self.cluster, cell, self.res),
-                                        name=None).remote()
-        ref = actor.run.remote(cell, manifest)
-        self.pending[ref] = ("cell", (cell, manifest), attempt, _now(), actor)
+    # -- decisions that need the cluster ---------------------------------------------------------
+
+    def _cpus(self) -> int:
+        biggest = max((n.get("CPU", 0.0) for n in self.cluster.per_node), default=self.cluster.cpus)
+        return max(1, min(self.res.cpus_per_cell, int(biggest)))
+
+    def _cell_slot(self, cell: Cell) -> Slot:
+        slot = self._slots.get(cell.cell_id)
+        if slot is None:
+            slot = self._slots[cell.cell_id] = placement.cell_slot(cell, self.gpu_cluster, self._cpus(),
+                                                                    self.accelerator)
+        return slot
+
+    def _quantize_slot(self, cell: Cell) -> Slot:
+        return placement.quantize_slot(cell, self.gpu_cluster, self._cpus(), self.accelerator)
+
+    def check(self, cells: list[Cell]) -> None:
+        """Fail before running when no node offers the accelerator type or a cell's resources."""
+        nodes = self.cluster.per_node
+        placement.check_accelerator(nodes, self.accelerator, self.gpu_cluster)
+        slots = {self._cell_slot(c) for c in cells}
+        slots |= {self._quantize_slot(c) for c in cells if self.needs_artifact(c)}
+        placement.check_fits(nodes, slots)
+
+    def _in_use(self) -> dict[str, float]:
+        used = {"GPU": 0.0, "CPU": 0.0}
+        demands = [w.slot.demand() for w in self.workers]
+        demands += [self._quantize_slot(f.job.cells[0]).demand() for f in self.pending.values() if f.kind == "quantize"]
+        for d in demands:
+            for r, n in d.items():
+                used[r] += n
+        return used
+
+    def _can_spawn(self, slot: Slot) -> bool:
+        nodes = self.cluster.per_node
+        totals = {r: sum(n.get(r, 0.0) for n in nodes) for r in ("GPU", "CPU")}
+        used = self._in_use()
+        if any(used[r] + n > totals[r] + 1e-9 for r, n in slot.demand().items() if n > 0):
+            return False
+        return sum(w.slot == slot for w in self.workers) < placement.capacity(nodes, slot)
+
+    # -- side effects ----------------------------------------------------------------------------
+
+    def _submit_quantize(self, job: scheduling.QuantizeJob, attempt: int) -> None:
+        opts = placement.ray_options(self._quantize_slot(job.cells[0]), self.quantize_env)
+        ref = self.quantize_task.options(**opts, name=f"quantize:{job.key}").remote(job.cells[0])
+        self.pending[ref] = _Flight("quantize", attempt, _now(), job=job)
+
+    def _spawn(self, slot: Slot, cell: Cell) -> _Worker:
+        pg = None
+        if slot.gang:
+            from ray.util.placement_group import placement_group
+            pg = placement_group(placement.gang_bundles(slot), strategy="STRICT_PACK")
+        actor = self.worker_cls.options(**placement.ray_options(slot, self.serve_env, pg)).remote()
+        worker = _Worker(actor, slot, pg, reusable=self.reusable(cell))
+        self.workers.append(worker)
+        if self.report is not None:
+            self.report.workers_started += 1
+        return worker
+
+    def _retire(self, worker: _Worker) -> None:
+        self.workers.remove(worker)
+        try:
+            self.ray.kill(worker.actor)
+            if worker.pg is not None:
+                from ray.util.placement_group import remove_placement_group
+                remove_placement_group(worker.pg)
+        except Exception:       # already dead with its node: nothing left to free
+            pass
+
+    def _assign(self, worker: _Worker, cell: Cell) -> None:
+        attempt = self.store.next_attempt(cell.cell_id)      # failed attempts are recorded before a retry
+        ref = worker.actor.run.remote(cell, self.manifests.get(cell.cell_id))
+        worker.busy, worker.engine_key = True, scheduling.engine_key(cell)
+        self.pending[ref] = _Flight("cell", attempt, _now(), cell=cell, worker=worker)
+
+    def _dispatch(self) -> None:
+        """Keep every slot busy: idle workers take the next cell (reusing their engine where they
+        can), new workers start while the cluster has room, idle workers nobody needs are retired."""
+        for w in [w for w in self.workers if not w.busy]:
+            def fits(c: Cell, w: _Worker = w) -> bool:
+                return (self._cell_slot(c) == w.slot and w.reusable and self.reusable(c)
+                        and c.cell_id not in self.fresh_only)
+            i = scheduling.choose_cell(self.ready, w.engine_key, fits)
+            if i is not None:
+                self._assign(w, self.ready.pop(i))
+        while self.ready:
+            # the longest ready cell a new worker has room for (few distinct slots: ask once per slot)
+            room: dict[Slot, bool] = {}
+
+            def has_room(c: Cell) -> bool:
+                slot = self._cell_slot(c)
+                if slot not in room:
+                    room[slot] = self._can_spawn(slot)
+                return room[slot]
+            i = next((i for i, c in enumerate(self.ready) if has_room(c)), None)
+            if i is not None:
+                cell = self.ready.pop(i)
+                self.fresh_only.discard(cell.cell_id)
+                self._assign(self._spawn(self._cell_slot(cell), cell), cell)
+                continue
+            idle = [w for w in self.workers if not w.busy]
+            if not idle:
+                break
+            self._retire(idle[0])       # it could take none of the ready cells: give its room to them
+        quantizing = any(f.kind == "quantize" for f in self.pending.values())
+        idle = [w for w in self.workers if not w.busy]
+        if idle and not self.ready and (not quantizing or self._quantize_waiting()):
+            for w in idle:   # no cell will come for them (or a queued build needs their room)
+                self._retire(w)
+
+    def _quantize_waiting(self) -> bool:
+        """A submitted build is queued behind the workers' resources."""
+        nodes = self.cluster.per_node
+        used = self._in_use()
+        return any(used[r] > sum(n.get(r, 0.0) for n in nodes) + 1e-9 for r in ("GPU", "CPU"))
 
     def run(self, todo: list[Cell]) -> None:
-        from jobs.quantize import get_backend
-
-        if self.cost_fn is not None:     # longest first; sorted() is stable, so ties keep spec order
-            todo = sorted(todo, key=self.cost_fn, reverse=True)
-        by_key: dict[str, list[Cell]] = {}
-        for c in todo:
-            by_key.setdefault(c.artifact_key, []).append(c)
-        # artifact-building groups first: they are the long poles
-        for key, cells in sorted(by_key.items(), key=lambda kv: not get_backend(kv[1][0].backend).writes_artifact):
-            if get_backend(cells[0].backend).writes_artifact:
-                self._submit_quantize(key, cells, 1)
-            else:
-                for c in cells:
-                    self._submit_cell(c, None)
-        total, finished = len(todo), 0
-        self.on_progress("running", finished, total)
+        jobs, ready = scheduling.quantize_jobs(todo, self.needs_artifact, self.cost, self.quantize_cost)
+        for job in jobs:                 # artifact builds first: they are the long poles
+            self._submit_quantize(job, 1)
+        scheduling.insert_by_cost(self.ready, ready, self.cost)
+        self.total, self.finished = len(todo), 0
+        self.on_progress("running", 0, self.total)
         try:
+            self._dispatch()
             while self.pending:
-                [ref], _ = self.ray.wait(list(self.pending), num_returns=1)
-                kind, payload, attempt, started, actor = self.pending.pop(ref)
-                try:
-                    value, error = self.ray.get(ref), None
-                except Exception as exc:      # RayTaskError, RayActorError, OOM, lost node
-                    value, error = None, _short_error(exc)
-                if actor is not None:
-                    self.ray.kill(actor)
-                if kind == "quantize":
-                    finished += self._quantize_done(payload, attempt, value, error)
-                else:
-                    finished += self._cell_done(payload, attempt, started, value, error)
-                self.on_progress("running", finished, total)
-        except KeyboardInterrupt:
-            for ref in self.pending:
-                self.ray.cancel(ref, force=True)
+                if self.stop():
+                    raise SweepInterrupted(self.finished, self.total)
+                done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.5)
+                for ref in done:
+                    self._complete(ref)
+                self.on_progress("running", self.finished, self.total)
+            for cell in self.ready:       # only when lost nodes left no node that can hold them
+                self._fail(cell, self.store.next_attempt(cell.cell_id), _now(),
+                           "no alive node offers the resources this cell needs", final=True)
+                self.finished += 1
+        except BaseException:             # Ctrl-C, or a bug: leave nothing running on the cluster
+            self._cancel_all()
             raise
+        finally:
+            for w in list(self.workers):
+                self._retire(w)
 
-    def _quantize_done(self, cells: list[Cell], attempt: int, manifest, error) -> int:
+    def _complete(self, ref) -> None:
+        flight = self.pending.pop(ref)
+        try:
+            value, error = self.ray.get(ref), None
+        except Exception as exc:          # RayTaskError, RayActorError, OOM, lost node
+            value, error = None, _short_error(exc)
+        if flight.kind == "quantize":
+            self._quantize_done(flight, value, error)
+            self._dispatch()
+            return
+        worker = flight.worker
+        worker.busy = False
         if error is None:
-            self.report.quantizations += int(bool(manifest.get("built")))
-            for c in cells:
-                self._submit_cell(c, manifest)
-            return 0
-        if attempt <= self.res.max_retries:
-            self._submit_quantize(cells[0].artifact_key, cells, attempt + 1)
-            return 0
-        for c in cells:      # the artifact cannot be built: each of its cells fails with that error
+            worker.node_id = value[1]["node_id"]
+        if error is not None or not worker.reusable:
+            self._retire(worker)          # a failed actor may be dead or broken: retries get a fresh one
+        if error is not None:
+            self._forget_lost_nodes()
+        self._dispatch()                  # the next cell starts before this one's files are written
+        self._cell_done(flight, value, error)
+
+    def _forget_lost_nodes(self) -> None:
+        """After a failure: reread the cluster (a lost node shrinks what new workers can get) and
+        retire idle workers that lived on a node that is gone, before they are handed a cell."""
+        self.cluster = cluster_resources()
+        for w in [w for w in self.workers if not w.busy and w.node_id and w.node_id not in self.cluster.node_ids]:
+            self._retire(w)
+
+    def _cancel_all(self) -> None:
+        for ref, flight in list(self.pending.items()):
+            if flight.kind == "quantize":
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+        self.pending.clear()
+
+    def _quantize_done(self, flight: _Flight, manifest, error) -> None:
+        job = flight.job
+        if error is None:
+            if self.report is not None:
+                self.report.quantizations += int(bool(manifest.get("built")))
+            for c in job.cells:
+                self.manifests[c.cell_id] = manifest
+            scheduling.insert_by_cost(self.ready, job.cells, self.cost)
+            return
+        if flight.attempt <= self.res.max_retries:
+            self._submit_quantize(job, flight.attempt + 1)
+            return
+        for c in job.cells:      # the artifact cannot be built: each of its cells fails with that error
             self._fail(c, self.store.next_attempt(c.cell_id), _now(), f"quantization failed: {error}", final=True)
-        return len(cells)
+            self.finished += 1
 
-    def _cell_done(self, payload, attempt: int, started, outcome, error) -> int:
-        cell, manifest = payload
-        self.report.ran += 1
+    def _cell_done(self, flight: _Flight, outcome, error) -> None:
+        cell, attempt = flight.cell, flight.attempt
+        report = self.report
+        report.ran += 1
         if error is None:
-            outcome, placement = outcome
-            run = {"status": "ok", "started_at": started, **outcome.facts, **_placement_facts(placement)}
-            self.store.record(cell, attempt, run, outcome.metrics)
-            self.report.placements.append({"cell_id": cell.cell_id, **placement})
-            self.report.succeeded += 1
-            return 1
+            outcome, where = outcome
+            run = {"status": "ok", "started_at": flight.started, **outcome.facts, **_placement_facts(where)}
+            self.store.record(cell, attempt, run, outcome.metrics, getattr(outcome, "tables", None))
+            report.placements.append({"cell_id": cell.cell_id, **where})
+            report.succeeded += 1
+            self.finished += 1
+            return
         final = attempt > self.res.max_retries      # counts attempts across reruns too
-        self._fail(cell, attempt, started, error, final)
-        if not final:
-            self._submit_cell(cell, manifest)
-            return 0
-        return 1
+        self._fail(cell, attempt, flight.started, error, final)
+        if final:
+            self.finished += 1
+            return
+        self.fresh_only.add(cell.cell_id)
+        scheduling.insert_by_cost(self.ready, [cell], self.cost)
+        self._dispatch()
 
     def _fail(self, cell: Cell, attempt: int, started, error: str, final: bool) -> None:
         """Every failed attempt is recorded; only the last one counts as the cell's failure."""
@@ -210,9 +419,15 @@ class _Scheduler:
             self.report.failures.append((cell.label, error.splitlines()[-1] if error else ""))
 
 
-def _placement_facts(placement: dict[str, Any]) -> dict[str, Any]:
+def _ray_accelerator_type(name: str | None) -> str | None:
+    """The name Ray reports for the spec's accelerator (variants such as H100-PCIe are Ray's "H100")."""
+    from matrix.hardware import ACCELERATORS
+    return ACCELERATORS[name].ray_accelerator_type if name in ACCELERATORS else name
+
+
+def _placement_facts(placement_: dict[str, Any]) -> dict[str, Any]:
     """The runs columns that say where Ray placed a cell: its node, and the GPU ids it pinned."""
-    return {"node_id": placement["node_id"], "gpu_ids": ",".join(placement["gpu_ids"]) or None}
+    return {"node_id": placement_["node_id"], "gpu_ids": ",".join(placement_["gpu_ids"]) or None}
 
 
 def _short_error(exc: BaseException) -> str:

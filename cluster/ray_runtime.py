@@ -1,8 +1,8 @@
-"""Connect to a Ray cluster, or start an embedded one on this machine."""
+"""Connect to a Ray cluster, or start an embedded one on this machine; read what the cluster offers."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -10,6 +10,20 @@ class ClusterResources:
     cpus: float
     gpus: float
     nodes: int
+    # each alive node's total resources (CPU, GPU, accelerator_type:<T>, ...): placement checks per node
+    per_node: tuple[dict[str, float], ...] = field(default=(), compare=False)
+    node_ids: frozenset[str] = frozenset()
+
+
+def cluster_resources() -> ClusterResources:
+    """What the connected cluster offers now (alive nodes only)."""
+    import ray
+
+    total = ray.cluster_resources()
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return ClusterResources(cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0), nodes=len(alive),
+                            per_node=tuple(dict(n.get("Resources", {})) for n in alive),
+                            node_ids=frozenset(n["NodeID"] for n in alive))
 
 
 def connect(address: str | None = None) -> ClusterResources:
@@ -17,9 +31,8 @@ def connect(address: str | None = None) -> ClusterResources:
     import ray
 
     if not ray.is_initialized():
-        # the driver's project code travels to workers through the installed package, not working_dir
+        # the driver's project code travels to workers through the installed package (or the job's
+        # working_dir under `ray job submit`), not through a runtime env set here
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-    total = ray.cluster_resources()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    return ClusterResources(cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0), nodes=nodes)
+    return cluster_resources()

@@ -1,24 +1,28 @@
 """The artifact cache: one quantized checkpoint per artifact key, built once, with a manifest.
 
 Concurrent builders of one key serialise on a lock file; the checkpoint is written to a
-temporary folder and renamed into place, so a reader never sees half of one.
+temporary folder and renamed into place, so a reader never sees half of one. The manifest says
+what was built and how: format (read back from the written config.json), sizes on disk,
+quantizer wall time, the build's own peak memory, library versions, the calibration used.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from jobs.corpora import load_corpus
 from jobs.filelock import file_lock
 from jobs.models import cache_root, materialize
 from jobs.quantize import get_backend
+from jobs.quantize.formats import describe_quantization
 from jobs.versions import library_versions
 from matrix import Cell
 
@@ -30,13 +34,66 @@ def artifacts_dir() -> Path:
     return cache_root() / "artifacts"
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _dir_bytes(path: Path, suffix: str = "") -> int:
+    return sum(f.stat().st_size for f in path.rglob(f"*{suffix}") if f.is_file())
+
+
+def _vm_hwm() -> int | None:
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def _vm_rss() -> int | None:
+    try:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[dict[str, Any]]:
+    """The peak memory of the code inside, not of the whole process's life.
+
+    CPU: Linux's RSS high-water mark (VmHWM), reset on entry by writing 5 to /proc/self/clear_refs
+    (so it includes what the process already held: `rss_at_start_bytes` says how much);
+    where that is not allowed, the process's lifetime ru_maxrss, labelled as such.
+    CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats."""
+    out: dict[str, Any] = {"rss_at_start_bytes": _vm_rss()}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        out["peak_rss_kind"] = "VmHWM of the building process, reset at build start"
+    except OSError:
+        out["peak_rss_kind"] = "ru_maxrss of the building process's whole life (could not reset VmHWM)"
+    cuda = False
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+    except ImportError:
+        pass
+    yield out
+    hwm = _vm_hwm() if out["peak_rss_kind"].startswith("VmHWM") else None
+    out["peak_rss_bytes"] = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if cuda:
+        import torch
+        out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    return {**json.loads(path.read_text()), "built": False}   # reused, not built by this caller
 
 
 def ensure_artifact(cell: Cell) -> dict[str, Any]:
-    """The manifest of `cell`'s weights; quantizes them first if no worker has yet."""
+    """The manifest of `cell`'s weights; quantizes them first if no worker has yet.
+
+    Always holds `path` (what the engine loads), `format`, `quantize_seconds` (None for load-time
+    and prequantized methods) and `built` (True only for the caller that ran the quantizer)."""
     backend = get_backend(cell.backend)
+    if backend.resolve is not None:
+        return {"artifact_key": cell.artifact_key, "quantize_seconds": None, "built": False, **backend.resolve(cell)}
     base = materialize(cell.model, cell.revision)
     if not backend.writes_artifact:
         return {"artifact_key": cell.artifact_key, "path": base, "format": backend.format,
@@ -44,34 +101,53 @@ def ensure_artifact(cell: Cell) -> dict[str, Any]:
     out = artifacts_dir() / cell.artifact_key
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
-        return {**json.loads(manifest_path.read_text()), "built": False}   # reused, not built here
+        return _read_manifest(manifest_path)
     with file_lock(artifacts_dir() / f"{cell.artifact_key}.lock"):
         if manifest_path.is_file():     # another worker finished it while we waited
-            return {**json.loads(manifest_path.read_text()), "built": False}
-        tmp = Path(tempfile.mkdtemp(dir=artifacts_dir(), prefix=f".{cell.artifact_key}-"))
-        try:
-            calib = dict(cell.calibration or ())
-            texts = load_corpus(calib["corpus"]) if "corpus" in calib else []
-            start = time.perf_counter()
-            facts = backend.quantize(cell, base, tmp, texts)
-            seconds = time.perf_counter() - start
-            manifest = {
-                "artifact_key": cell.artifact_key, "path": str(out), "format": backend.format,
-                "model": cell.model, "revision": cell.revision, "method": cell.method, "backend": cell.backend,
-                "bits": cell.bits, "group_size": cell.group_size, "options": dict(cell.options),
-                "calibration": calib, "quantize_seconds": seconds, "size_bytes": _dir_bytes(tmp),
-                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "library_versions": library_versions(backend.libraries), "host": socket.gethostname(),
-                "built": True, **facts,
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            return _read_manifest(manifest_path)
+        manifest = _build(cell, backend, base, out)
         with open(artifacts_dir() / BUILD_LOG, "a") as log:
-            log.write(json.dumps({"artifact_key": cell.artifact_key, "pid": os.getpid(),
-                                  "seconds": seconds}) + "\n")
+            log.write(json.dumps({"artifact_key": cell.artifact_key, "pid": os.getpid(), "host": socket.gethostname(),
+                                  "seconds": manifest["quantize_seconds"]}) + "\n")
         return manifest
+
+
+def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from jobs.quantize.calibration import build_calibration
+
+    tmp = Path(tempfile.mkdtemp(dir=artifacts_dir(), prefix=f".{cell.artifact_key}-"))
+    try:
+        calib = dict(cell.calibration or ())
+        calibration = build_calibration(AutoTokenizer.from_pretrained(base), calib) if calib else None
+        with peak_memory() as memory:
+            start = time.perf_counter()
+            facts = backend.quantize(cell, base, tmp, calibration)
+            seconds = time.perf_counter() - start
+        written = json.loads((tmp / "config.json").read_text())
+        manifest = {
+            "artifact_key": cell.artifact_key, "path": str(out),
+            "format": describe_quantization(written.get("quantization_config")),
+            "model": cell.model, "revision": cell.revision, "base_path": base, "method": cell.method,
+            "backend": cell.backend, "bits": cell.bits, "group_size": cell.group_size,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in cell.options},
+            "calibration": calibration.record if calibration else None,
+            "quantize_seconds": seconds,
+            "size_bytes": _dir_bytes(tmp), "weights_bytes": _dir_bytes(tmp, ".safetensors"),
+            "base_weights_bytes": _dir_bytes(Path(base), ".safetensors") if Path(base).is_dir() else None,
+            **memory,
+            "library_versions": library_versions(backend.libraries), "host": socket.gethostname(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: v for k, v in facts.items() if k != "notes"},
+            "notes": list(facts.get("notes", [])),
+            "built": True,
+        }
+        (tmp / MANIFEST).write_text(json.dumps({**manifest, "built": False}, indent=2))
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
 
 
 def build_count(artifact_key: str) -> int:

@@ -2,6 +2,8 @@
 
 `quantize_step` builds a cell's artifact (the scheduler runs it once per artifact key);
 `run_cell` loads the engine and runs the evaluators named in the cell's evaluation settings.
+A long-lived worker passes the same `state` dict to every call, so consecutive cells that
+load the same weights the same way reuse the loaded engine (see `_engine_for`).
 """
 from __future__ import annotations
 
@@ -10,14 +12,14 @@ import os
 import platform
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from jobs.artifacts import ensure_artifact
-from jobs.engines import load_engine
-from jobs.evaluate import Metric, run_evaluator
+from jobs.engines import engine_reusable, load_engine
+from jobs.evaluate import TABLE_SCHEMAS, Metric, run_evaluator
 from jobs.quantize import get_backend
 from jobs.versions import library_versions
 from matrix import Cell
@@ -32,6 +34,7 @@ METRIC_SCHEMA = pa.schema([
 class CellOutcome:
     metrics: pa.Table               # METRIC_SCHEMA
     facts: dict[str, Any]           # host, device, versions, timings, notes
+    tables: dict[str, pa.Table] = field(default_factory=dict)   # jobs.evaluate.TABLE_SCHEMAS, non-empty only
 
 
 def quantize_step(cell: Cell) -> dict[str, Any]:
@@ -50,25 +53,59 @@ def _device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
 
 
-def run_cell(cell: Cell, manifest: dict[str, Any] | None = None) -> CellOutcome:
+# served latency last: on vLLM it replaces the offline engine with vLLM's own server
+_EVALUATION_ORDER = ("perplexity", "kl_divergence", "lm_eval", "prompts", "speed", "serving")
+
+
+def _engine_key(cell: Cell) -> tuple:
+    """What a loaded engine depends on: the weights, how they load, and the engine's own settings."""
+    return (cell.artifact_key, cell.engine, cell.kv_cache_dtype, cell.tensor_parallel_size, cell.trust_remote_code)
+
+
+def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
+    """The cell's engine, reused from `state` when the previous cell loaded the same one.
+
+    Engines that cannot be torn down cleanly in-process (see `engine_reusable`, e.g. vLLM)
+    are never kept: the scheduler gives each such cell a fresh actor."""
+    key = _engine_key(cell)
+    held = state.get("engine")
+    if held is not None and held[0] == key:
+        return held[1], True
+    state.pop("engine", None)     # drop the old one before loading the next
+    if held is not None:
+        held[1].close()
+    engine = load_engine(cell, manifest)
+    if engine_reusable(cell.engine):
+        state["engine"] = (key, engine)
+    return engine, False
+
+
+def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> CellOutcome:
+    from jobs.evaluate.memory import reset_peak, weight_bytes
+
     _set_threads()
+    reset_peak()
     start = time.perf_counter()
     manifest = manifest or ensure_artifact(cell)
-    engine = load_engine(cell, manifest)
-    from jobs.evaluate.memory import weight_bytes
-    at_load = weight_bytes(engine.model)
+    engine, reused = _engine_for(cell, manifest, state if state is not None else {})
+    at_load = engine.weight_bytes_at_load
     metrics: list[Metric] = []
+    rows: dict[str, list[dict[str, Any]]] = {}
     # load-time methods quantize while loading: that load is their quantization time
     q_seconds = manifest["quantize_seconds"] if manifest["quantize_seconds"] is not None else engine.load_seconds
     if not cell.is_baseline:
         metrics.append(Metric.of("quantize_seconds", q_seconds, "s", "lower",
                                  stage="artifact" if manifest["quantize_seconds"] is not None else "load-time"))
-    for name, settings in json.loads(cell.evaluation).items():
-        if settings is not None:
-            metrics += run_evaluator(name, engine, settings)
-    metrics += run_evaluator("memory", engine, {"weight_bytes_at_load": at_load})
-    notes = list(engine.notes)
-    if weight_bytes(engine.model) > at_load * 1.2:
+    evaluations = sorted(((n, s) for n, s in json.loads(cell.evaluation).items() if s is not None),
+                         key=lambda item: _EVALUATION_ORDER.index(item[0]) if item[0] in _EVALUATION_ORDER else 0)
+    notes = list(engine.notes) + (["engine reused from the previous cell on this worker"] if reused else [])
+    for name, settings in evaluations + [("memory", {"weight_bytes_at_load": at_load})]:
+        result = run_evaluator(name, engine, settings)
+        metrics += result.metrics
+        notes += result.notes
+        for table, new_rows in result.tables.items():
+            rows.setdefault(table, []).extend(new_rows)
+    if engine.model is not None and weight_bytes(engine.model) > at_load * 1.2:
         notes.append("the engine decompressed the quantized weights at first forward (see weights_in_use_bytes)")
     table = pa.Table.from_pylist([{"metric": m.name, "value": m.value, "unit": m.unit, "direction": m.direction,
                                    "settings": m.settings} for m in metrics], schema=METRIC_SCHEMA)
@@ -76,7 +113,8 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None) -> CellOutcome:
     facts = {
         "host": socket.gethostname(), "device": _device_name(), "compute_dtype": engine.compute_dtype,
         "threads": torch.get_num_threads(), "format": manifest["format"],
-        "library_versions": json.dumps(library_versions(get_backend(cell.backend).libraries)),
+        "library_versions": json.dumps(library_versions(get_backend(cell.backend).libraries + engine.libraries)),
         "notes": "; ".join(notes), "seconds": time.perf_counter() - start,
     }
-    return CellOutcome(table, facts)
+    tables = {name: pa.Table.from_pylist(r, schema=TABLE_SCHEMAS[name]) for name, r in rows.items() if r}
+    return CellOutcome(table, facts, tables)

@@ -2,20 +2,28 @@
 
 `cell_id` hashes every dimension of a cell; `artifact_key` hashes only what changes the
 quantized weights, so cells that differ in KV dtype, engine or evaluation share one artifact.
-Both hash canonical JSON (sorted keys, defaults filled in), so key order in the YAML and
-defaults written or left out give the same ids.
+Both hash canonical JSON (sorted keys, spec defaults filled in, method options equal to their
+backend default left out), so key order in the YAML and defaults written or left out give the same ids.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property, lru_cache
 from typing import Any
+
+from matrix.methods import canonical_options
 
 
 def _digest(obj: Any, n: int = 12) -> str:
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+@lru_cache(maxsize=64)
+def _parsed(evaluation: str) -> Any:
+    return json.loads(evaluation)
 
 
 @dataclass(frozen=True)
@@ -33,23 +41,36 @@ class Cell:
     evaluation: str                           # canonical JSON of the evaluation settings
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
+    gguf_file: str | None = None              # a .gguf inside `model` (a .gguf `model` is itself the file)
 
     def dims(self) -> dict[str, Any]:
-        d = asdict(self)
+        # fields are immutable values, so a shallow dict is enough (dataclasses.asdict deep-copies, slowly)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["options"] = dict(self.options)
         d["calibration"] = dict(self.calibration) if self.calibration is not None else None
         d["evaluation"] = json.loads(self.evaluation)
         return d
 
-    @property
-    def cell_id(self) -> str:
-        return _digest(self.dims())
+    def _identity(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["options"] = dict(canonical_options(self.method, self.options))
+        d["calibration"] = dict(self.calibration) if self.calibration is not None else None
+        d["evaluation"] = _parsed(self.evaluation)    # shared, read-only: only hashed
+        return d
 
-    @property
+    # cached: a frozen Cell's ids never change, and expansion and plans ask for them often
+    @cached_property
+    def cell_id(self) -> str:
+        return _digest(self._identity())
+
+    @cached_property
     def artifact_key(self) -> str:
-        d = self.dims()
-        return _digest({k: d[k] for k in ("model", "revision", "method", "backend", "bits",
-                                          "group_size", "options", "calibration")})
+        d = self._identity()
+        key = {k: d[k] for k in ("model", "revision", "method", "backend", "bits", "group_size", "options",
+                                 "calibration")}
+        if self.gguf_file is not None:   # only when set: keeps the keys of existing cached artifacts
+            key["gguf_file"] = self.gguf_file
+        return _digest(key)
 
     @property
     def is_baseline(self) -> bool:
@@ -63,7 +84,7 @@ class Cell:
             parts.append(f"w{self.bits}")
         if self.group_size is not None:
             parts.append("per-channel" if self.group_size == -1 else f"g{self.group_size}")
-        parts += [f"{k}={v}" for k, v in self.options]
+        parts += [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in self.options]
         if self.kv_cache_dtype != "auto":
             parts.append(f"kv={self.kv_cache_dtype}")
         return " ".join(parts)

@@ -1,10 +1,63 @@
-"""What each quantization method allows: bits, backends, whether group size and calibration apply.
+"""What each quantization method allows: bits, backends, options, whether group size and calibration apply.
 
-One table, the single source of truth for method names; implementations live in `jobs.quantize`.
+One table, the single source of truth for method and option names; implementations live in `jobs.quantize`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One method option. `kind`: bool | float | str | choice | modules (a list of module names)."""
+    name: str
+    kind: str
+    choices: tuple[Any, ...] = ()
+    default: Any = _NO_DEFAULT          # the backend's value when the option is left out
+    required: bool = False
+    description: str = ""
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_DEFAULT
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` is not a valid single value of this option, or None."""
+        if self.kind == "bool" and not isinstance(value, bool):
+            return f"expects true or false, got {value!r}"
+        if self.kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"expects a number, got {value!r}"
+        if self.kind == "str" and not (isinstance(value, str) and value):
+            return f"expects a non-empty string, got {value!r}"
+        if self.kind == "choice" and value not in self.choices:
+            shown = ", ".join("null" if c is None else str(c) for c in self.choices)
+            return f"value {value!r} not allowed; allowed: {shown}"
+        if self.kind == "modules" and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+            return f"expects a list of module names, got {value!r}"
+        return None
+
+    def is_grid(self, value: Any) -> bool:
+        """A list is a grid of values; for module lists, only a list of lists is."""
+        if not isinstance(value, (list, tuple)):
+            return False
+        return self.kind != "modules" or (len(value) > 0 and all(isinstance(v, (list, tuple)) for v in value))
+
+
+def _ignore(default: tuple[str, ...] = ("lm_head",)) -> OptionInfo:
+    return OptionInfo("ignore", "modules", default=list(default),
+                      description="modules kept in 16-bit (names or `re:` patterns); lm_head by default")
+
+
+_SYMMETRIC = OptionInfo("symmetric", "bool", description="symmetric integer grid (no zero points)")
+_SKIP = OptionInfo("skip_modules", "modules",
+                   description="modules kept in 16-bit; transformers keeps lm_head by default")
+_BNB4 = (OptionInfo("double_quant", "bool", default=False, description="quantize the absmax constants too"),
+         OptionInfo("compute_dtype", "choice", ("bfloat16", "float16", "float32"),
+                    description="matmul dtype; the model's dtype when left out"),
+         _SKIP)
 
 
 @dataclass(frozen=True)
@@ -14,21 +67,57 @@ class MethodInfo:
     backends: tuple[str, ...]           # first is the default
     grouped: bool = False               # group size is a real dimension
     calibrated: bool = False            # needs calibration data (changes the artifact)
+    artifact: bool = False              # writes a quantized checkpoint (a quantization job to dedup)
+    options: tuple[OptionInfo, ...] = field(default=())
     description: str = ""
+
+    def option(self, name: str) -> OptionInfo | None:
+        return next((o for o in self.options if o.name == name), None)
 
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("none", (16,), ("none",), description="unquantized baseline (bf16 weights)"),
-    MethodInfo("nf4", (4,), ("bitsandbytes",), description="bitsandbytes 4-bit NormalFloat, quantized at load"),
-    MethodInfo("fp4", (4,), ("bitsandbytes",), description="bitsandbytes 4-bit float, quantized at load"),
-    MethodInfo("int8", (8,), ("bitsandbytes",), description="LLM.int8() with fp16 outlier columns, quantized at load"),
+    MethodInfo("nf4", (4,), ("bitsandbytes",), options=_BNB4,
+               description="bitsandbytes 4-bit NormalFloat, quantized at load"),
+    MethodInfo("fp4", (4,), ("bitsandbytes",), options=_BNB4,
+               description="bitsandbytes 4-bit float, quantized at load"),
+    MethodInfo("int8", (8,), ("bitsandbytes",),
+               options=(OptionInfo("llm_int8_threshold", "float", default=6.0,
+                                   description="outlier threshold: columns above it stay fp16"), _SKIP),
+               description="LLM.int8() with fp16 outlier columns, quantized at load"),
     MethodInfo("gptq", (2, 3, 4, 8), ("llmcompressor", "gptqmodel", "autogptq"), grouped=True, calibrated=True,
+               artifact=True,
+               options=(OptionInfo("actorder", "choice", (None, "static", "group", "weight"), default=None,
+                                   description="activation order (desc_act)"),
+                        OptionInfo("dampening_frac", "float", default=0.01, description="Hessian damping"),
+                        OptionInfo("symmetric", "bool", default=True, description=_SYMMETRIC.description),
+                        _ignore()),
                description="GPTQ weight-only quantization with second-order error correction"),
-    MethodInfo("awq", (4,), ("llmcompressor", "autoawq"), grouped=True, calibrated=True,
+    MethodInfo("awq", (4,), ("llmcompressor", "autoawq"), grouped=True, calibrated=True, artifact=True,
+               options=(_SYMMETRIC, _ignore()),
                description="activation-aware weight quantization"),
-    MethodInfo("fp8", (8,), ("llmcompressor",), description="W8A8 FP8 (dynamic activation scales)"),
-    MethodInfo("prequantized", (2, 3, 4, 8), ("prequantized",),
-               description="a published GPTQ/AWQ/compressed-tensors checkpoint, loaded as is"),
+    MethodInfo("fp8", (8,), ("llmcompressor",), artifact=True, options=(_ignore(),),
+               description="W8A8 FP8 (dynamic activation scales)"),
+    MethodInfo("prequantized", (2, 3, 4, 8), ("prequantized",), grouped=True,
+               options=(OptionInfo("checkpoint", "str", required=True,
+                                   description="hub id or local path of a published GPTQ/AWQ/compressed-tensors "
+                                               "checkpoint of the cell's model"),),
+               description="a published GPTQ/AWQ/compressed-tensors checkpoint, loaded as is "
+                           "(bits and group_size describe it)"),
 )}
 
 BASELINE_METHOD = "none"
+
+
+def canonical_options(method: str, options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The options with those equal to the backend default removed: writing a default changes no id."""
+    info = METHODS[method]
+    out = []
+    for name, value in options:
+        opt = info.option(name)
+        default = opt.default if opt is not None and opt.has_default else _NO_DEFAULT
+        if isinstance(default, list):
+            default = tuple(default)
+        if default is _NO_DEFAULT or value != default:
+            out.append((name, value))
+    return tuple(out)

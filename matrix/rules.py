@@ -64,11 +64,27 @@ def _awq_bits(cell: Cell, _: ModelConfig) -> str | None:
     return None
 
 
+def _vllm_compressed_tensors_bits(cell: Cell, _: ModelConfig) -> str | None:
+    # vLLM's compressed-tensors WNA16 kernels take 4- and 8-bit weights only
+    if cell.engine == "vllm" and cell.backend == "llmcompressor" and cell.method in ("gptq", "awq") \
+            and cell.bits not in (4, 8):
+        return f"vllm serves llm-compressor (compressed-tensors) weights at 4 or 8 bits, not {cell.bits}"
+    return None
+
+
+def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:
+    if cell.method == "prequantized" and (cell.gguf_file or cell.model.endswith(".gguf")):
+        return "a GGUF model is de-quantized to 16-bit at load; a prequantized checkpoint is a separate model"
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     Rule("bits-allowed", _bits_allowed),
     Rule("group-divides-layers", _group_divides_layers),
     Rule("fp8-kv-needs-vllm", _fp8_kv_needs_vllm),
     Rule("awq-bits", _awq_bits),
+    Rule("vllm-compressed-tensors-bits", _vllm_compressed_tensors_bits),
+    Rule("gguf-prequantized", _gguf_needs_16bit_start),
 )
 
 

@@ -1,6 +1,8 @@
 """The matrix language: expansion, validity rules with reasons, stable ids, clear errors."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
@@ -27,9 +29,12 @@ def test_expansion_is_the_product_minus_skips():
     e = expand_matrix(spec, {"m": LLAMA7B})
     # (16 gptq + nf4 + int8 + the added baseline) x 2 kv x 2 engines
     assert len(e.cells) + len(e.skipped) == 19 * 4
-    # fp8 KV on the hf engine is skipped for each of the 19 method variants
-    assert len(e.skipped) == 19
-    assert all("needs the vllm engine" in s.reason for s in e.skipped)
+    # fp8 KV on the hf engine is skipped for each of the 19 method variants; 2- and 3-bit GPTQ
+    # (llm-compressor) on vllm for each of 4 groups x 2 KV dtypes
+    reasons = [s.reason for s in e.skipped]
+    assert sum("needs the vllm engine" in r for r in reasons) == 19
+    assert sum("vllm serves llm-compressor" in r for r in reasons) == 2 * 4 * 2
+    assert len(reasons) == 19 + 16
     # 4 KV/engine variants share one artifact: 18 quantized variants + 1 baseline
     assert len(e.artifact_keys) == 19
 
@@ -109,15 +114,42 @@ _junk = st.recursive(_leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
                      max_leaves=8)
 
 
+_method = st.sampled_from(["none", "gptq", "awq", "nf4", "fp4", "int8", "fp8", "prequantized"])
+_field_junk = st.sampled_from(["name", "models", "methods", "kv_cache_dtype", "engine", "calibration", "evaluation",
+                               "resources", "include", "exclude"]).flatmap(
+    lambda f: st.fixed_dictionaries({f: _junk}))
+# junk placed inside the new nested fields, where the validators are more specific than the types
+_nested_junk = st.one_of(
+    st.builds(lambda m, o: {"methods": [{"method": m, "options": o}]}, _method, _junk),
+    st.builds(lambda m, k, v: {"methods": [{"method": m, "options": {k: v}}]}, _method,
+              st.sampled_from(["actorder", "dampening_frac", "symmetric", "ignore", "double_quant", "compute_dtype",
+                               "skip_modules", "llm_int8_threshold", "checkpoint", "act_order"]), _junk),
+    st.builds(lambda v: {"evaluation": {"serving": v}}, _junk),
+    st.builds(lambda k, v: {"evaluation": {"serving": {k: v}}},
+              st.sampled_from(["concurrency", "requests_per_level", "request_rate", "sla_ttft_ms", "corpus"]), _junk),
+    st.builds(lambda v: {"evaluation": {"prompts": v}}, _junk),
+    st.builds(lambda v: {"evaluation": {"prompts": {"path": v}}}, _junk),
+    st.builds(lambda k, v: {"resources": {k: v}},
+              st.sampled_from(["accelerator_type", "gpu_memory_gib", "runtime_env"]), _junk),
+    st.builds(lambda s, v: {"resources": {"runtime_env": {s: v}}}, st.sampled_from(["quantize", "serve", "x"]), _junk),
+    st.builds(lambda k, v: {"exclude": [{k: v}]}, st.sampled_from(["engine", "bits", "method", "model", "enigne"]),
+              _junk),
+    st.builds(lambda w, r: {"include": [{"when": w, "require": r}]}, _junk, _junk),
+    st.builds(lambda k, v: {"models": [{"id": "m", k: v}]}, st.sampled_from(["gguf_file", "id", "revision"]), _junk),
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(field=st.sampled_from(["name", "models", "methods", "kv_cache_dtype", "engine", "calibration",
-                              "evaluation", "resources"]), value=_junk)
-def test_bad_specs_give_spec_errors_never_tracebacks(field, value):
-    data = {"name": "t", "models": [{"id": "m"}], "methods": [{"method": "gptq"}], field: value}
+@given(patch=st.one_of(_field_junk, _nested_junk))
+def test_bad_specs_give_spec_errors_never_tracebacks(patch):
+    data = {"name": "t", "models": [{"id": "m"}], "methods": [{"method": "gptq"}], **patch}
     try:
         spec = parse_spec(data)
     except SpecError as e:
-        assert "invalid spec" in str(e) and ":" in str(e)
+        header, *problems = str(e).splitlines()
+        assert header.startswith("invalid spec") and problems
+        # each problem names its field path, then says what is wrong
+        assert all(line.startswith("  ") and ": " in line for line in problems), str(e)
         return
     expand_matrix(spec, {})   # a spec that validates must expand
 
@@ -137,3 +169,206 @@ def test_yaml_file_errors(tmp_path):
 
 def test_tiny_spec_is_valid():
     assert parse_spec(tiny_spec("x")).name == "x"
+
+
+# --- include / exclude ---------------------------------------------------------------------------
+
+def _product_spec(**kw):
+    return _spec(methods=[{"method": "gptq", "bits": [3, 4], "group_size": [64, 128]},
+                          {"method": "awq", "bits": [3, 4], "group_size": [64, 128]}, {"method": "nf4"}],
+                 kv_cache_dtype=["auto", "fp8_e4m3", "fp8_e5m2"], engine=["hf", "vllm"], **kw)
+
+
+def test_expansion_count_is_product_minus_exclusions_and_skips():
+    spec = _product_spec(exclude=[{"engine": "hf", "kv_cache_dtype": ["fp8_e4m3", "fp8_e5m2"]}],
+                         include=[{"when": {"method": "awq"}, "require": {"bits": 4}}])
+    e = expand_matrix(spec, {"m": LLAMA7B})
+    product = (1 + 4 + 4 + 1) * 3 * 2      # (baseline + gptq 2x2 + awq 2x2 + nf4) x kv x engine
+    # dropped: the 10 variants x 2 fp8 KV on hf, then awq at 3 bit on the remaining 4 KV/engine pairs x 2 groups
+    assert e.excluded == 10 * 2 + 2 * 4
+    assert len(e.cells) == product - e.excluded - len(e.skipped)
+    # the fp8-KV-on-hf cells were excluded, so no rule had to skip them; 3-bit GPTQ on vllm is skipped
+    assert not any("needs the vllm engine" in s.reason for s in e.skipped)
+    assert {s.reason for s in e.skipped} == {"vllm serves llm-compressor (compressed-tensors) weights at 4 or 8 bits, "
+                                             "not 3"}
+    assert all(not (c.method == "awq" and c.bits == 3) for c in e.cells)
+
+
+def test_without_rules_the_same_cells_are_skipped_not_dropped():
+    e = expand_matrix(_product_spec(), {"m": LLAMA7B})
+    assert e.excluded == 0
+    assert len(e.cells) + len(e.skipped) == 10 * 3 * 2
+
+
+def test_exclude_by_option_value():
+    spec = _spec(methods=[{"method": "gptq", "group_size": [64], "options": {"actorder": [None, "static", "group"]}}],
+                 exclude=[{"actorder": "group"}])
+    e = expand_matrix(spec, {})
+    assert e.excluded == 1 and sorted(dict(c.options).get("actorder", "-") or "null" for c in e.cells) == \
+        ["-", "null", "static"]
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"exclude": [{"engin": "hf"}]}, ["exclude:", "unknown dimension 'engin'", "kv_cache_dtype", "engine"]),
+    ({"exclude": [{"engine": "tgi"}]}, ["exclude:", "engine: value 'tgi'", "hf, vllm"]),
+    ({"exclude": [{}]}, ["exclude:", "non-empty mapping"]),
+    ({"include": [{"when": {"methd": "awq"}, "require": {"bits": 4}}]}, ["include.0.when:", "unknown dimension"]),
+    ({"include": [{"when": {"method": "awq"}}]}, ["include.0.require:", "Field required"]),
+    ({"exclude": [{"model": "other"}]}, ["exclude.0.model: 'other' is not one of the spec's models", "allowed: m"]),
+])
+def test_include_exclude_errors_name_the_key(patch, words):
+    with pytest.raises(SpecError) as info:
+        _spec(**patch)
+    for w in words:
+        assert w in str(info.value)
+
+
+YAML_A = """
+name: t
+models: [{id: m, revision: main}]
+methods:
+  - {method: gptq, bits: [4], group_size: [64, 128], options: {actorder: [static, group], dampening_frac: 0.05}}
+  - {method: nf4, options: {double_quant: true}}
+kv_cache_dtype: [auto, fp8_e4m3]
+engine: [vllm]
+exclude: [{method: nf4, kv_cache_dtype: fp8_e4m3}]
+evaluation:
+  perplexity: {corpus: evals-wikipedia, context: 512, stride: 256}
+  serving: {concurrency: [1, 8], request_rate: 4.0}
+resources: {accelerator_type: L4}
+"""
+YAML_B = """
+resources: {accelerator_type: L4}
+evaluation:
+  serving: {request_rate: 4.0, concurrency: [1, 8]}
+  perplexity: {stride: 256, context: 512, corpus: evals-wikipedia}
+exclude: [{kv_cache_dtype: fp8_e4m3, method: nf4}]
+engine: [vllm]
+kv_cache_dtype: [auto, fp8_e4m3]
+methods:
+  - {options: {dampening_frac: 0.05, actorder: [static, group]}, group_size: [64, 128], bits: [4], method: gptq}
+  - {options: {double_quant: true}, method: nf4}
+models: [{revision: main, id: m}]
+name: t
+"""
+
+
+def test_yaml_with_keys_reordered_gives_identical_cell_ids(tmp_path):
+    (tmp_path / "a.yaml").write_text(YAML_A)
+    (tmp_path / "b.yaml").write_text(YAML_B)
+    ea, eb = (expand_matrix(load_spec(tmp_path / f), {"m": LLAMA7B}) for f in ("a.yaml", "b.yaml"))
+    assert len(ea.cells) == 11      # bf16 x 2 KV + gptq 2 groups x 2 actorder x 2 KV + nf4 auto
+    assert [c.cell_id for c in ea.cells] == [c.cell_id for c in eb.cells]
+    assert [c.artifact_key for c in ea.cells] == [c.artifact_key for c in eb.cells]
+
+
+def test_option_defaults_written_or_left_out_give_the_same_ids():
+    written = _spec(methods=[{"method": "gptq", "group_size": [64], "options": {
+        "actorder": None, "dampening_frac": 0.01, "symmetric": True, "ignore": ["lm_head"]}},
+        {"method": "int8", "options": {"llm_int8_threshold": 6}}])
+    plain = _spec(methods=[{"method": "gptq", "group_size": [64]}, {"method": "int8"}])
+    ids = lambda s: sorted((c.cell_id, c.artifact_key) for c in expand_matrix(s, {}).cells)   # noqa: E731
+    assert ids(written) == ids(plain)
+    # a value off the default is a different cell and artifact
+    other = _spec(methods=[{"method": "gptq", "group_size": [64], "options": {"dampening_frac": 0.1}}])
+    assert set(ids(other)) - set(ids(plain))
+
+
+def test_evaluation_settings_are_part_of_the_cell_id_only():
+    base = expand_matrix(_spec(methods=[{"method": "gptq", "group_size": [64]}]), {})
+    served = expand_matrix(_spec(methods=[{"method": "gptq", "group_size": [64]}],
+                                 evaluation={"serving": {"concurrency": [1, 2]}}), {})
+    assert {c.cell_id for c in base.cells}.isdisjoint(c.cell_id for c in served.cells)
+    assert {c.artifact_key for c in base.cells} == {c.artifact_key for c in served.cells}
+
+
+# --- the new fields ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("patch, field, words", [
+    ({"methods": [{"method": "gptq", "options": {"act_order": True}}]}, "methods.0.options",
+     ["unknown option 'act_order'", "allowed: actorder, dampening_frac, symmetric, ignore"]),
+    ({"methods": [{"method": "gptq", "options": {"actorder": "desc"}}]}, "methods.0.options",
+     ["value 'desc'", "null, static, group, weight"]),
+    ({"methods": [{"method": "nf4", "options": {"compute_dtype": ["bfloat16", "int8"]}}]}, "methods.0.options",
+     ["'int8'", "bfloat16, float16, float32"]),
+    ({"methods": [{"method": "int8", "options": {"llm_int8_threshold": "high"}}]}, "methods.0.options",
+     ["expects a number"]),
+    ({"methods": [{"method": "awq", "options": {"ignore": "lm_head"}}]}, "methods.0.options",
+     ["expects a list of module names"]),
+    ({"methods": [{"method": "prequantized"}]}, "methods.0.options", ["prequantized needs option checkpoint"]),
+    ({"evaluation": {"serving": {"concurrency": [4, 0]}}}, "evaluation.serving.concurrency", ["at least 1"]),
+    ({"evaluation": {"serving": {"request_rate": -1}}}, "evaluation.serving.request_rate", ["greater than 0"]),
+    ({"evaluation": {"prompts": {"path": "no/such/file.jsonl"}}}, "evaluation.prompts.path",
+     ["prompt file not found: no/such/file.jsonl"]),
+    ({"resources": {"runtime_env": {"serve": {"pip": ["vllm"], "py_executable": "/opt/x/bin/python"}}}},
+     "resources.runtime_env.serve", ["at most one of py_executable, pip, uv", "py_executable, pip"]),
+    ({"resources": {"accelerator_type": "H900"}}, "resources", ["'H900'", "H100", "A100-80G", "gpu_memory_gib"]),
+    ({"resources": {"gpu_memory_gib": 0}}, "resources.gpu_memory_gib", ["greater than 0"]),
+    ({"models": [{"id": "org/m-GGUF", "gguf_file": "m.bin"}]}, "models.0", ["must name a .gguf file"]),
+])
+def test_new_field_errors(patch, field, words):
+    base = {"name": "t", "models": [{"id": "m"}], "methods": [{"method": "none"}]}
+    base.update(patch)
+    with pytest.raises(SpecError) as info:
+        parse_spec(base)
+    text = str(info.value)
+    assert f"  {field}:" in text, text
+    for w in words:
+        assert w in text, text
+
+
+def test_prompt_file_is_checked_line_by_line(tmp_path):
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"prompt": "Hello", "id": "a"}\n\n{"prompt": "World"}\n')
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "t", "models": [{"id": "m"}], "methods": [
+        {"method": "none"}], "evaluation": {"prompts": {"path": "p.jsonl", "limit": 1}}}))
+    spec = load_spec(tmp_path / "spec.yaml")      # relative to the spec file's folder
+    assert spec.evaluation.prompts.path == str(good.resolve())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(SpecError) as info:
+        _spec(evaluation={"prompts": {"path": str(bad)}})
+    assert "evaluation.prompts.path:" in str(info.value) and "line 2" in str(info.value)
+
+
+def test_new_fields_parse_and_reach_the_cells():
+    spec = _spec(models=[{"id": "org/m-GGUF", "gguf_file": "m.Q8_0.gguf"}, {"id": "local/m.gguf"}],
+                 methods=[{"method": "gptq", "group_size": [64],
+                           "options": {"ignore": [["lm_head"], ["lm_head", "re:.*down_proj"]]}},
+                          {"method": "prequantized", "options": {"checkpoint": "org/m-GPTQ"}, "group_size": [128]}],
+                 evaluation={"serving": {}},
+                 resources={"accelerator_type": "L4", "runtime_env": {"quantize": {"uv": ["llmcompressor"]},
+                                                                      "serve": {"py_executable": "/venv/bin/python",
+                                                                                "env_vars": {"A": "1"}}}})
+    assert spec.evaluation.serving.concurrency == [1, 4] and spec.evaluation.serving.request_rate is None
+    assert spec.resources.target_memory_gib == 24
+    assert spec.resources.runtime_env.serve.env_vars == {"A": "1"}
+    e = expand_matrix(spec, {})
+    gptq = [c for c in e.cells if c.method == "gptq"]
+    assert sorted(dict(c.options)["ignore"] for c in gptq) == \
+        [("lm_head",), ("lm_head",), ("lm_head", "re:.*down_proj"), ("lm_head", "re:.*down_proj")]
+    assert {c.gguf_file for c in e.cells} == {"m.Q8_0.gguf", None}
+    # a GGUF model is de-quantized at load: a prequantized checkpoint is not a variant of it
+    assert {s.rule for s in e.skipped} == {"gguf-prequantized"} and len(e.skipped) == 2
+    assert json.loads(e.cells[0].evaluation)["serving"]["output_tokens"] == 64
+
+
+EXAMPLE_CONFIGS = {
+    "Qwen/Qwen2.5-7B-Instruct": {"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
+                                 "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                                 "intermediate_size": 18944},
+    "meta-llama/Llama-3.1-8B-Instruct": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+                                         "num_hidden_layers": 32, "num_attention_heads": 32,
+                                         "num_key_value_heads": 8, "intermediate_size": 14336},
+    "builtin:smollm2-135m-instruct": SMOL,
+    "builtin:tiny-llama": {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128},
+}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "matrix/specs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_specs_parse_and_expand(path):
+    spec = load_spec(path)
+    assert all(m.id in EXAMPLE_CONFIGS for m in spec.models)
+    e = expand_matrix(spec, EXAMPLE_CONFIGS)
+    assert e.cells and any(c.is_baseline for c in e.cells)
+    assert len(e.cells) == len({c.cell_id for c in e.cells})

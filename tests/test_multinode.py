@@ -7,6 +7,9 @@ GPU that no concurrently running cell holds, and that losing a node mid-sweep co
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -14,12 +17,21 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.driver import run_sweep
+from analysis.store import ResultStore
+from cluster.driver import PlacementError, SweepReport, _Scheduler, run_sweep
+from cluster.ray_runtime import cluster_resources
+from jobs.run_cell import METRIC_SCHEMA, CellOutcome
+from matrix import Cell
 from matrix.spec import parse_spec
 
 from conftest import tiny_spec
 
+# the injected run/quantize functions below travel to Ray workers by value: this module is not importable there
+import ray.cloudpickle  # noqa: E402
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 WORKERS, GPUS_PER_WORKER = 2, 2
+ACCELERATOR_TYPES = ("L4", "H100")          # worker 0, worker 1
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +47,9 @@ def cluster():
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                            "health_check_failure_threshold": 3},
     })
-    workers = [c.add_node(num_cpus=2, num_gpus=GPUS_PER_WORKER) for _ in range(WORKERS)]
+    # a heterogeneous cluster: Ray exposes each node's GPU type as the resource accelerator_type:<T>
+    workers = [c.add_node(num_cpus=2, num_gpus=GPUS_PER_WORKER, resources={f"accelerator_type:{t}": 1})
+               for t in ACCELERATOR_TYPES]
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False, configure_logging=False)
     yield c, workers
@@ -74,6 +88,91 @@ def test_cells_spread_over_nodes_each_pinned_to_its_own_gpu(cluster, tmp_path):
         p = by_cell[r["cell_id"]]
         assert (r["node_id"], r["gpu_ids"]) == (p["node_id"], p["gpu_ids"][0])
     assert len({r["node_id"] for r in ok}) == WORKERS
+
+
+def test_tensor_parallel_cell_holds_two_gpus_of_one_node_of_the_asked_type(cluster, tmp_path):
+    c, workers = cluster
+    spec = parse_spec(tiny_spec("tp2-h100", models=[{"id": "builtin:tiny-llama", "tensor_parallel_size": 2}],
+                                methods=[{"method": "none"}, {"method": "int8"}],
+                                resources={"cpus_per_cell": 1, "max_retries": 0, "accelerator_type": "H100-PCIe"}))
+    report = run_sweep(spec, tmp_path)
+    assert (report.succeeded, report.failed) == (2, 0)
+    h100 = workers[ACCELERATOR_TYPES.index("H100")].node_id       # H100-PCIe is Ray's "H100"
+    for p in report.placements:
+        assert p["node_id"] == h100 and sorted(p["gpu_ids"]) == ["0", "1"]
+
+
+def test_an_accelerator_no_node_offers_fails_before_anything_runs(cluster, tmp_path):
+    spec = parse_spec(tiny_spec("no-a100", resources={"cpus_per_cell": 1, "accelerator_type": "A100-80G"}))
+    with pytest.raises(PlacementError, match="'A100-80G': no node of the cluster offers it; offered: H100, L4"):
+        run_sweep(spec, tmp_path)
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def _synthetic(engine: str, tp: int, i: int) -> Cell:
+    return Cell(model="synthetic", revision=None, method="gptq", backend="synthetic", bits=4, group_size=128,
+                options=(("i", i),), kv_cache_dtype="auto", engine=engine, calibration=None, evaluation="{}",
+                tensor_parallel_size=tp)
+
+
+def _drive(tmp_path, cells, resources: dict, run_fn, quantize_fn, reusable=True) -> tuple[SweepReport, list[dict]]:
+    """Cells through the driver's scheduler with injected work (no model): what Ray gave each stage."""
+    from matrix.spec import ResourcesSpec
+
+    store = ResultStore(tmp_path, "injected")
+    report = SweepReport("injected", len(cells), 0, 0)
+    _Scheduler(store, cluster_resources(), ResourcesSpec(**resources), report, None, run_fn=run_fn,
+               quantize_fn=quantize_fn, needs_artifact=lambda c: True, reusable=lambda c: reusable).run(cells)
+    return report, _runs(tmp_path, "injected")
+
+
+def _outcome(notes: dict) -> CellOutcome:
+    return CellOutcome(pa_empty_metrics(), {"notes": json.dumps(notes)})
+
+
+def pa_empty_metrics():
+    import pyarrow as pa
+    return pa.Table.from_pylist([], schema=METRIC_SCHEMA)
+
+
+def test_vllm_tensor_parallel_runs_in_a_strict_pack_group_its_workers_land_in(cluster, tmp_path):
+    import ray
+
+    def run_fn(cell, manifest, state):
+        # what vLLM's Ray executor does at TP 2: one Ray worker per GPU, in the current placement group
+        @ray.remote(num_gpus=1, num_cpus=1)
+        def gpu_worker():
+            return ray.get_runtime_context().get_node_id(), ray.get_gpu_ids()
+        got = ray.get([gpu_worker.remote() for _ in range(cell.tensor_parallel_size)])
+        pg = ray.util.get_current_placement_group()
+        return _outcome({"workers": got, "pg": pg.id.hex() if pg else None})
+
+    report, runs = _drive(tmp_path, [_synthetic("vllm", 2, i) for i in range(2)], {"max_retries": 0},
+                          run_fn, lambda c: {"built": True}, reusable=False)
+    assert (report.succeeded, report.workers_started) == (2, 2)      # not reusable: a fresh actor per cell
+    for r in runs:
+        notes = json.loads(r["notes"])
+        nodes = {n for n, _ in notes["workers"]}
+        gpus = sorted(g for _, ids in notes["workers"] for g in ids)
+        assert notes["pg"] and len(nodes) == 1 and len(gpus) == 2 and len(set(gpus)) == 2
+
+
+def test_each_stage_runs_in_its_own_runtime_env(cluster, tmp_path):
+    def quantize_fn(cell):
+        return {"built": True, "stage": os.environ.get("QMX_STAGE"), "exe": sys.executable}
+
+    def run_fn(cell, manifest, state):
+        return _outcome({"quantize": [manifest["stage"], manifest["exe"]],
+                         "serve": [os.environ.get("QMX_STAGE"), sys.executable]})
+
+    venv_python = sys.executable               # the venv's own interpreter, as a user's prebuilt env would be
+    report, runs = _drive(tmp_path, [_synthetic("hf", 1, 0)], {
+        "max_retries": 0, "runtime_env": {"quantize": {"env_vars": {"QMX_STAGE": "quantize"}},
+                                          "serve": {"py_executable": venv_python, "env_vars": {"QMX_STAGE": "serve"}}}},
+        run_fn, quantize_fn)
+    assert report.succeeded == 1
+    notes = json.loads(runs[0]["notes"])
+    assert notes["quantize"][0] == "quantize" and notes["serve"] == ["serve", venv_python]
 
 
 def test_losing_a_node_mid_sweep_only_costs_retries(cluster, tmp_path):

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -33,6 +39,7 @@ def swept(tmp_path_factory):
 def test_sweep_writes_parquet_that_duckdb_reads(swept):
     spec, results, report = swept
     assert (report.cells, report.skipped, report.succeeded, report.failed) == (4, 1, 4, 0)
+    assert report.workers_started < report.succeeded          # long-lived workers ran several cells each
     # plain DuckDB over the files, without our views
     con = duckdb.connect()
     runs = con.sql(f"select status, count(*) from read_parquet('{results}/runs/*/*.parquet') group by 1 "
@@ -86,7 +93,8 @@ def test_cells_sharing_an_artifact_quantize_once(tmp_path):
     keys = query(tmp_path, "select distinct sweep, artifact_key, cell_id from cells where method='gptq'").to_pylist()
     assert len({k["cell_id"] for k in keys}) == 2 and len({k["artifact_key"] for k in keys}) == 1
     assert (r1.succeeded, r2.succeeded) == (2, 2)
-    assert (r1.quantizations, r2.quantizations) == (1, 0)
+    # the build log proves once (a warm shared QMX_CACHE may hold the artifact already: then neither built it)
+    assert r1.quantizations <= 1 and r2.quantizations == 0
     assert build_count(keys[0]["artifact_key"]) == 1
 
 
@@ -125,3 +133,35 @@ def test_a_failing_cell_does_not_sink_the_sweep(tmp_path):
     # a rerun retries only the failed cell, with a new attempt number; the finished one is untouched
     report2 = run_sweep(spec, results)
     assert (report2.already_done, report2.ran, report2.failed) == (1, 1, 1)
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
+    import yaml
+
+    spec = tiny_spec("interrupted", methods=[{"method": "none"},
+                                             {"method": "int8", "options": {"llm_int8_threshold": [6.0, 4.0, 3.0, 2.0]}},
+                                             {"method": "nf4"}])
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    results = tmp_path / "results"
+    qmx = [sys.executable, "-m", "cluster.cli", "sweep", str(tmp_path / "spec.yaml"), "--results", results.as_uri()]
+    proc = subprocess.Popen(qmx, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    while not list((results / "runs").glob("*/*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)                  # as Ctrl-C: after the first cell is stored
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "rerun the same command to resume" in err
+    assert not [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+    kept = _files(results)
+    finished = len(list((results / "runs").glob("*/*.parquet")))
+    assert 1 <= finished < 6
+
+    rerun = subprocess.run(qmx, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert {p: t for p, t in _files(results).items() if p in kept} == kept      # nothing rewritten
+    runs = query(results, "select cell_id, status from runs").to_pylist()
+    assert Counter(r["status"] for r in runs) == {"ok": 6}                    # each cell once, no failures
+    assert len({r["cell_id"] for r in runs}) == 6

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-_MODULES = {"hf": "jobs.engines.hf"}
+_MODULES = {"hf": "jobs.engines.hf", "vllm": "jobs.engines.vllm"}
+# engines a long-lived worker may keep loaded across cells; vLLM does not free its GPU memory
+# reliably in-process, so each vLLM cell gets a fresh actor
+_REUSABLE = {"hf"}
+
+
+def engine_reusable(name: str) -> bool:
+    return name in _REUSABLE
 
 
 @dataclass
@@ -23,6 +30,22 @@ class Engine:
     base_path: str | None = None
     base_revision: str | None = None
     is_base: bool = False
+    weight_bytes_at_load: int = 0                  # measured right after load (jobs.evaluate.memory)
+    libraries: tuple[str, ...] = ()                # distributions whose versions the results record
+    handle: Any = None                             # engine-specific object (e.g. a vllm.LLM)
+    info: dict[str, Any] = field(default_factory=dict)   # engine facts for evaluators (e.g. KV capacity)
+
+    def close(self) -> None:
+        """Free the engine's memory before the worker loads the next one."""
+        import gc
+        self.model = self.handle = None
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
 
 def load_engine(cell, manifest: dict[str, Any]) -> Engine:

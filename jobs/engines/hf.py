@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from jobs.engines import Engine
+from jobs.evaluate.memory import weight_bytes
 from jobs.models import materialize
 from jobs.quantize import get_backend
 
@@ -31,5 +32,5 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
     base = materialize(cell.model, cell.revision)
     return Engine("hf", model, tok, "cuda" if on_gpu else "cpu", str(dtype).removeprefix("torch."),
                   time.perf_counter() - start, tuple(notes), base_path=base,
-                  base_revision=cell.revision,
-                  is_base=manifest["path"] == base and not kwargs)
+                  base_revision=cell.revision, is_base=manifest["path"] == base and not kwargs,
+                  weight_bytes_at_load=weight_bytes(model), libraries=("transformers", "torch"))

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jobs.evaluate import Metric
+from jobs.evaluate import Evaluation, Metric
 from jobs.evaluate.perplexity import corpus_token_ids, scored_windows
 from jobs.filelock import file_lock
 from jobs.models import cache_root
@@ -143,8 +143,12 @@ def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: i
     return torch.cat(kls), torch.cat(agree)
 
 
-def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
     import torch
+    if engine.model is None:
+        # vLLM returns only its own top-k per position, not the cell's mass on the baseline's top-k
+        return Evaluation([], notes=(f"kl_divergence not measured on the {engine.name} engine: it needs the "
+                                     "cell's full next-token distribution (hf engine)",))
     if engine.base_path is None:
         raise ValueError(f"engine {engine.name!r} does not name its base model; KL needs it")
     top_k = settings.get("top_k", DEFAULT_TOP_K)

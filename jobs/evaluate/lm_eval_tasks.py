@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from jobs.assets import package_file
 from jobs.filelock import file_lock
-from jobs.evaluate import Metric
+from jobs.evaluate import Evaluation, Metric
 from jobs.models import cache_root
 
 _TASK_PREFIX = "qmx_"   # lm-eval task names must not clash with its builtin ones
@@ -76,7 +76,10 @@ def task_dir() -> Path:
     return out
 
 
-def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
+    if engine.model is None:
+        # lm-eval's vllm backend builds its own LLM: a second copy beside this cell's engine
+        return Evaluation([], notes=(f"lm_eval not run on the {engine.name} engine here: use the hf engine",))
     # offline: the tasks read local JSONL; nothing may reach the hub
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"

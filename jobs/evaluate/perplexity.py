@@ -36,7 +36,7 @@ def scored_windows(token_ids: list[int], context: int, stride: int, bos: int | N
 
 
 def perplexity(model, token_ids: list[int], context: int, stride: int, bos: int | None, device: str) -> tuple[float, int]:
-    """(perplexity, number of scored tokens) of `token_ids` under `model`."""
+    """(perplexity, number of scored tokens) of `token_ids` under a transformers `model`."""
     import torch
 
     nll, scored = 0.0, 0
@@ -51,9 +51,29 @@ def perplexity(model, token_ids: list[int], context: int, stride: int, bos: int 
     return math.exp(nll / scored), scored
 
 
+def perplexity_vllm(llm, token_ids: list[int], context: int, stride: int, bos: int | None) -> tuple[float, int]:
+    """The same windows scored by vLLM: `prompt_logprobs=0` returns each prompt token's own
+    log-prob (from the raw logits), all windows in one batched `generate`."""
+    from vllm import SamplingParams
+
+    windows = list(scored_windows(token_ids, context, stride, bos))
+    outs = llm.generate([{"prompt_token_ids": w} for w, _ in windows],
+                        SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
+    nll, scored = 0.0, 0
+    for (window, new), out in zip(windows, outs):
+        per_pos = out.prompt_logprobs            # [None, {token: Logprob}, ...], one per prompt position
+        for pos in range(len(window) - new, len(window)):
+            nll -= per_pos[pos][window[pos]].logprob
+        scored += new
+    return math.exp(nll / scored), scored
+
+
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
-    ppl, scored = perplexity(engine.model, ids, settings["context"], settings["stride"],
-                             engine.tokenizer.bos_token_id, engine.device)
+    bos = engine.tokenizer.bos_token_id
+    if engine.name == "vllm":
+        ppl, scored = perplexity_vllm(engine.handle, ids, settings["context"], settings["stride"], bos)
+    else:
+        ppl, scored = perplexity(engine.model, ids, settings["context"], settings["stride"], bos, engine.device)
     return [Metric.of("perplexity", ppl, "ppl", "lower", corpus=settings["corpus"], context=settings["context"],
                       stride=settings["stride"], tokens=scored, bos=engine.tokenizer.bos_token_id is not None)]

@@ -1,47 +1,160 @@
-"""Offline decode speed at batch 1: greedy generation of a fixed number of new tokens.
+"""Offline speed: batch-1 decode, optional batched throughput, MBU and energy on GPUs.
 
-decode tokens/s = (N - 1) / (t(N) - t(1)): generating 1 token is the prefill (TTFT),
-the difference is pure decode. The median over `repeats` runs after one warm-up.
+decode tokens/s = (N - 1) / (t(N) - t(1)): generating 1 token is the prefill (TTFT), the
+difference is pure decode. Medians over `repeats` runs after one warm-up.
+
+Batched throughput (`batch_prompts` > 0): that many prompts of `prompt_tokens` at once, each
+generating exactly `new_tokens` (EOS ignored); output tokens/s = all generated tokens / wall time.
+
+MBU (model bandwidth utilisation) of batch-1 decode = bytes read per decode step / TPOT / the
+GPU's peak memory bandwidth (matrix.hardware's table, named in the settings). Bytes per step =
+weight bytes + the KV cache read at the mean context of the decode (prompt + N/2 tokens).
+
+Energy: joules per output token of the batch-1 decode runs, from NVML's total-energy counter of
+the cell's GPU (the whole board, so it includes anything else running on it).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 from jobs.corpora import load_corpus
 from jobs.evaluate import Metric
 
 
-def _timed_generate(model, x, new_tokens: int) -> float:
+def _hf_generate(engine) -> Callable[[list[list[int]], int], None]:
     import torch
 
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    model = engine.model
+
+    def run(prompts: list[list[int]], new_tokens: int) -> None:
+        x = torch.tensor(prompts, device=engine.device)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        with torch.inference_mode():
+            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.eos_token_id)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+    return run
+
+
+def _vllm_generate(engine) -> Callable[[list[list[int]], int], None]:
+    from vllm import SamplingParams
+
+    def run(prompts: list[list[int]], new_tokens: int) -> None:
+        params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0)
+        engine.handle.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return run
+
+
+_GENERATORS = {"hf": _hf_generate, "vllm": _vllm_generate}
+
+
+def _timed(fn: Callable[[], None]) -> float:
     start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       pad_token_id=model.config.eos_token_id)
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    fn()
     return time.perf_counter() - start
 
 
-def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+class _EnergyMeter:
+    """NVML total-energy counter (mJ) of the GPU this process sees first; None where unavailable."""
+
+    def __init__(self):
+        self.handle = None
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+            self.handle = (pynvml.nvmlDeviceGetHandleByIndex(int(visible)) if visible.isdigit()
+                           else pynvml.nvmlDeviceGetHandleByUUID(visible))
+            self.read()
+        except Exception:      # no NVML, no GPU, or a board without the counter
+            self.handle = None
+
+    def read(self) -> float | None:
+        if self.handle is None:
+            return None
+        import pynvml
+        return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
+
+
+def kv_bytes_per_token(config: dict[str, Any], kv_dtype: str) -> float:
+    """K and V of every layer for one token, at the KV cache's element width."""
+    heads = config.get("num_attention_heads", 1)
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads", heads)
+    width = 1 if kv_dtype.startswith("fp8") else 2
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * width
+
+
+def _mbu(engine, tpot_s: float, context: float) -> list[Metric]:
+    from matrix.hardware import accelerator_for_device_name
     import torch
 
+    gpu = accelerator_for_device_name(torch.cuda.get_device_name())
+    if gpu is None or not engine.weight_bytes_at_load:
+        return []
+    config = engine.info.get("model_config") or _read_config(engine)
+    kv = kv_bytes_per_token(config, engine.info.get("kv_cache_dtype", "auto")) * context
+    step_bytes = engine.weight_bytes_at_load + kv
+    return [Metric.of("mbu", step_bytes / tpot_s / (gpu.bandwidth_gbps * 1e9), "fraction", "higher",
+                      gpu=gpu.name, peak_bandwidth_gbps=gpu.bandwidth_gbps, weight_bytes=engine.weight_bytes_at_load,
+                      kv_bytes_read=round(kv), context_tokens=context, batch=1,
+                      bandwidth_table="matrix.hardware")]
+
+
+def _read_config(engine) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    path = engine.info.get("engine_args", {}).get("model") or engine.base_path
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def _distinct_prompts(tokenizer, n_prompt: int, count: int) -> list[list[int]]:
+    pool = tokenizer("\n\n".join(load_corpus("evals-wikipedia")), add_special_tokens=False)["input_ids"]
+    starts = range(0, len(pool) - n_prompt, n_prompt)
+    if len(starts) < count:
+        raise ValueError(f"speed.batch_prompts={count} needs {count * n_prompt} corpus tokens; "
+                         f"evals-wikipedia has {len(pool)}")
+    return [pool[s:s + n_prompt] for s in list(starts)[:count]]
+
+
+def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     n_prompt, n_new, repeats = settings["prompt_tokens"], settings["new_tokens"], settings["repeats"]
+    generate = _GENERATORS[engine.name](engine)
     ids = engine.tokenizer(load_corpus("evals-wikipedia")[0], add_special_tokens=False)["input_ids"][:n_prompt]
-    x = torch.tensor([ids], device=engine.device)
-    _timed_generate(engine.model, x, 2)      # warm-up
-    ttft, full = [], []
+    generate([ids], 2)      # warm-up
+    meter = _EnergyMeter() if engine.device == "cuda" else None
+    ttft, full, joules = [], [], []
     for _ in range(repeats):
-        ttft.append(_timed_generate(engine.model, x, 1))
-        full.append(_timed_generate(engine.model, x, n_new))
+        ttft.append(_timed(lambda: generate([ids], 1)))
+        before = meter.read() if meter else None
+        full.append(_timed(lambda: generate([ids], n_new)))
+        if before is not None:
+            joules.append(meter.read() - before)
     t1, tn = statistics.median(ttft), statistics.median(full)
+    tpot = max(tn - t1, 1e-9) / (n_new - 1)
     common = dict(batch=1, prompt_tokens=n_prompt, new_tokens=n_new, repeats=repeats, device=engine.device,
-                  compute_dtype=engine.compute_dtype)
-    return [
-        Metric.of("decode_tokens_per_s", (n_new - 1) / max(tn - t1, 1e-9), "tok/s", "higher", **common),
+                  compute_dtype=engine.compute_dtype, engine=engine.name)
+    out = [
+        Metric.of("decode_tokens_per_s", 1 / tpot, "tok/s", "higher", **common),
         Metric.of("ttft_ms", t1 * 1000, "ms", "lower", **common),
     ]
+    if engine.device == "cuda":
+        out += _mbu(engine, tpot, n_prompt + n_new / 2)
+    if joules:
+        out.append(Metric.of("energy_j_per_token", statistics.median(joules) / n_new, "J/token", "lower",
+                             source="nvml total energy, whole board", **common))
+    batch = settings.get("batch_prompts") or 0
+    if batch:
+        # distinct prompts, so no engine can serve their prefill from a prefix cache
+        prompts = _distinct_prompts(engine.tokenizer, n_prompt, batch)
+        generate(prompts[:8], 2)      # warm the batched path
+        seconds = _timed(lambda: generate(prompts, n_new))
+        out.append(Metric.of("throughput_output_tokens_per_s", batch * n_new / seconds, "tok/s", "higher",
+                             **{**common, "batch": batch}))
+    return out

@@ -30,4 +30,5 @@ def _load_kwargs(cell: Cell, dtype: Any) -> dict[str, Any]:
 
 
 BACKEND = Backend(name="bitsandbytes", format="bitsandbytes (quantized at load)",
-                  libraries=("bitsandbytes", "transformers", "torch"), load_kwargs=_load_kwargs)
+                  libraries=("bitsandbytes", "transformers", "torch"), load_kwargs=_load_kwargs,
+                  requires=("bitsandbytes",), methods=("nf4", "fp4", "int8"))

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The lent GPU machine (no network), from the repository root, after the stage folders made by
+# `bash ../shared/gpu/stage.sh ../shared/gpu/vllm-gpu.txt ../shared/gpu/quantize-gpu.txt
+# cluster/gpu/project-gpu.txt` were collected there one call each (`install.sh collect .stageN`).
+#
+#   bash cluster/gpu/run.sh SECONDS     install once, then run the GPU sweep for at most SECONDS
+#                                       (SIGINT at the limit: finished cells are kept, a rerun resumes)
+#   bash cluster/gpu/run.sh bench       vLLM's own throughput benchmark on the bf16 model
+#   bash cluster/gpu/run.sh tests       the GPU-marked tests
+#
+# Three environments, as users run them: the driver (Ray, DuckDB, the CLI), the quantize
+# stage (llm-compressor, compressed-tensors 0.19) and the serve stage (vLLM, compressed-tensors
+# 0.17). The spec's per-stage runtime_env gives each Ray worker its own PYTHONPATH.
+set -u
+REPO=$(pwd)
+SITE_V=/tmp/site SITE_Q=/tmp/site-q SITE_P=/tmp/site-p
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export QMX_CACHE=/tmp/qmx-cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
+
+install() {
+  [ -f /tmp/qmx-installed ] && return 0
+  local inst
+  inst=$(ls .stage*/install.sh | tail -1)
+  bash "$inst" install vllm-gpu $SITE_V && bash "$inst" install quantize-gpu $SITE_Q \
+    && bash "$inst" install project-gpu $SITE_P && touch /tmp/qmx-installed
+}
+
+case ${1:-} in
+  bench)
+    model=$QMX_CACHE/models/smollm2-135m-instruct
+    PYTHONPATH=$SITE_V:$SITE_P python3 -m vllm.entrypoints.cli.main bench throughput --model "$model" \
+      --dataset-name random --input-len 128 --output-len 128 --num-prompts 256 --dtype bfloat16 \
+      --max-model-len 4096 --gpu-memory-utilization 0.85 --seed 0 2>&1 | tee "$OUT/vllm_bench_throughput.log" | tail -5
+    ;;
+  tests)
+    PYTHONPATH=$SITE_Q:$SITE_P:$REPO timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      tests/test_gpu_backends.py 2>&1 | tee "$OUT/gpu_tests_quantize.log" | tail -15
+    PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      tests/test_gpu_engines.py 2>&1 | tee "$OUT/gpu_tests_vllm.log" | tail -15
+    ;;
+  *)
+    install || { echo "install failed"; exit 1; }
+    sed -e "s|@REPO@|$REPO|g; s|@SITE_V@|$SITE_V|g; s|@SITE_Q@|$SITE_Q|g; s|@SITE_P@|$SITE_P|g" \
+      cluster/gpu/h100-smollm2.yaml > /tmp/h100-smollm2.yaml
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
+    # the driver needs neither llm-compressor nor vLLM: the spec's runtime_env gives each stage its own
+    PYTHONPATH=$SITE_P:$REPO timeout -s INT -k 30 "${1:-500}" python3 -m cluster.cli sweep /tmp/h100-smollm2.yaml \
+      --results /tmp/results 2>&1 | tee -a "$OUT/sweep.log" | grep -v "━" | tail -25
+    PYTHONPATH=$SITE_P:$REPO python3 -m cluster.cli leaderboard --results /tmp/results > "$OUT/leaderboard.md" 2>&1
+    tar czf "$OUT/results.tar.gz" -C /tmp results
+    cp /tmp/qmx-cache/artifacts/builds.jsonl "$OUT/" 2>/dev/null
+    cat "$OUT/leaderboard.md" | head -30
+    ;;
+esac

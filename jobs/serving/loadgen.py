@@ -1,0 +1,124 @@
+"""An asyncio load generator for any OpenAI-compatible completions server.
+
+Per load level it sends `requests` requests, either closed loop (each of `concurrency`
+clients sends its next request when its last one finishes) or open loop (Poisson arrivals
+at `request_rate` req/s from a fixed seed, at most `concurrency` in flight; like vLLM's
+`--max-concurrency`, a request's clock starts when it is sent, not while it waits for a
+slot). Prompts are token-id lists of exactly `prompt_tokens` tokens, so no server-side
+re-tokenization changes their length; each request gets a distinct window of the corpus so
+a server's prefix cache cannot serve one request from another.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from jobs.serving.openai_stream import completion_payload, stream_completion
+from jobs.serving.stats import RequestSample, request_sample
+
+# a request may queue behind many others on a slow server; a hung one must still end the run
+REQUEST_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class LoadLevel:
+    concurrency: int
+    requests: int
+    request_rate: float | None = None      # None: closed loop
+
+
+@dataclass(frozen=True)
+class LevelRun:
+    level: LoadLevel
+    samples: tuple[RequestSample, ...]     # one per request sent, failed ones included
+    duration_s: float                      # first send -> last response
+
+
+def corpus_prompts(token_ids: Sequence[int], prompt_tokens: int, count: int) -> list[list[int]]:
+    """`count` windows of exactly `prompt_tokens` tokens, consecutive and distinct while the text lasts."""
+    windows = len(token_ids) // prompt_tokens
+    if windows == 0:
+        raise ValueError(f"corpus has {len(token_ids)} tokens, fewer than one prompt of {prompt_tokens}")
+    return [list(token_ids[(i % windows) * prompt_tokens:(i % windows + 1) * prompt_tokens]) for i in range(count)]
+
+
+def arrival_times(count: int, rate: float, seed: int) -> list[float]:
+    """Poisson arrivals (exponential gaps), scaled so the last lands at count / rate as vLLM does."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(count):
+        t += rng.expovariate(rate)
+        times.append(t)
+    scale = (count / rate) / times[-1] if times and times[-1] > 0 else 1.0
+    return [x * scale for x in times]
+
+
+async def _served_model(session, base_url: str) -> str | None:
+    try:
+        async with session.get(f"{base_url}/v1/models") as r:
+            return (await r.json())["data"][0]["id"] if r.status == 200 else None
+    except Exception:
+        return None
+
+
+async def _run_level(session, url: str, model: str | None, prompts: Sequence[list[int]], output_tokens: int,
+                     level: LoadLevel, count_tokens: Callable[[str], int], seed: int) -> LevelRun:
+    samples: list[RequestSample | None] = [None] * level.requests
+
+    async def one(i: int) -> None:
+        result = await stream_completion(session, url, completion_payload(model, prompts[i], output_tokens))
+        samples[i] = request_sample(i, result, count_tokens, len(prompts[i]))
+
+    start = time.perf_counter()
+    if level.request_rate is None:
+        pending = iter(range(level.requests))
+
+        async def client() -> None:
+            for i in pending:          # a shared iterator: each client takes the next request
+                await one(i)
+        await asyncio.gather(*(client() for _ in range(level.concurrency)))
+    else:
+        slots = asyncio.Semaphore(level.concurrency)
+
+        async def arrive(i: int, at: float) -> None:
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            async with slots:
+                await one(i)
+        await asyncio.gather(*(arrive(i, at) for i, at in
+                               enumerate(arrival_times(level.requests, level.request_rate, seed))))
+    duration = time.perf_counter() - start
+    assert all(s is not None for s in samples)
+    return LevelRun(level, tuple(samples), duration)
+
+
+async def _run(base_url: str, prompts: Sequence[list[int]], output_tokens: int, levels: Sequence[LoadLevel],
+               count_tokens: Callable[[str], int], seed: int, warmup: int) -> list[LevelRun]:
+    import aiohttp
+
+    url = f"{base_url}/v1/completions"
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=max(level.concurrency for level in levels))
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        model = await _served_model(session, base_url)
+        offset = 0
+        for _ in range(warmup):        # first-call costs (allocations, lazy init) stay out of the numbers
+            await stream_completion(session, url, completion_payload(model, prompts[offset], output_tokens))
+            offset += 1
+        runs = []
+        for level in levels:
+            runs.append(await _run_level(session, url, model, prompts[offset:offset + level.requests],
+                                         output_tokens, level, count_tokens, seed))
+            offset += level.requests
+        return runs
+
+
+def run_levels(base_url: str, prompts: Sequence[list[int]], output_tokens: int, levels: Sequence[LoadLevel],
+               count_tokens: Callable[[str], int], seed: int = 0, warmup: int = 1) -> list[LevelRun]:
+    """Run the levels in order; `prompts` needs warmup + sum of requests entries (see corpus_prompts)."""
+    needed = warmup + sum(level.requests for level in levels)
+    if len(prompts) < needed:
+        raise ValueError(f"{len(prompts)} prompts for {needed} requests")
+    return asyncio.run(_run(base_url, prompts, output_tokens, levels, count_tokens, seed, warmup))

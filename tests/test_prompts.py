@@ -1,0 +1,93 @@
+"""The user's prompt set: the JSONL reader, and generations that equal direct greedy generation."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pyarrow as pa
+import pytest
+
+from jobs.evaluate import TABLE_SCHEMAS, run_evaluator
+from jobs.evaluate.prompts import read_prompts
+
+EXAMPLE = "matrix/specs/prompts-example.jsonl"
+
+
+def test_example_prompt_file_reads_with_ids():
+    rows = read_prompts(EXAMPLE)
+    assert len(rows) == 8 and rows[0] == ("capital", "The capital of France is")
+    assert read_prompts(EXAMPLE, limit=3) == rows[:3]
+
+
+def test_ids_default_to_line_numbers_and_must_be_unique(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n\n{"prompt": "b", "id": "x"}\n')
+    assert read_prompts(str(f)) == [("1", "a"), ("x", "b")]
+    f.write_text('{"prompt": "a", "id": 1}\n{"prompt": "b", "id": 1}\n')
+    with pytest.raises(ValueError, match="not unique"):
+        read_prompts(str(f))
+    f.write_text('{"text": "a"}\n')
+    with pytest.raises(ValueError, match="prompt"):
+        read_prompts(str(f))
+
+
+def _engine(model: str):
+    from conftest import tiny_spec
+    from jobs.artifacts import ensure_artifact
+    from jobs.engines import load_engine
+    from matrix import expand_matrix
+    from matrix.spec import parse_spec
+
+    cell = expand_matrix(parse_spec(tiny_spec("prompts", models=[{"id": model}], methods=[{"method": "none"}])), {}).cells[0]
+    return load_engine(cell, ensure_artifact(cell))
+
+
+def _direct(engine, prompt: str, n: int) -> str:
+    import torch
+    enc = engine.tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = engine.model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=engine.tokenizer.eos_token_id)
+    return engine.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny-llama", "builtin:smollm2-135m-instruct"])
+def test_generations_match_direct_greedy_generation(model):
+    engine = _engine(model)
+    settings = {"path": EXAMPLE, "max_new_tokens": 6, "limit": 3}
+    result = run_evaluator("prompts", engine, settings)
+    rows = result.tables["generations"]
+    assert [r["prompt_id"] for r in rows] == ["capital", "explain-quantization", "python-fib"]
+    for r in rows:
+        assert r["output"] == _direct(engine, r["prompt"], 6)
+        assert 1 <= r["output_tokens"] <= 6 and r["seconds"] > 0
+        assert json.loads(r["settings"])["max_new_tokens"] == 6
+    pa.Table.from_pylist(rows, schema=TABLE_SCHEMAS["generations"])
+    m = {x.name: x for x in result.metrics}
+    assert m["prompts_run"].value == 3
+    assert m["prompts_mean_output_tokens"].value == pytest.approx(sum(r["output_tokens"] for r in rows) / 3)
+    assert m["prompts_total_seconds"].value == pytest.approx(sum(r["seconds"] for r in rows))
+    assert len(json.loads(m["prompts_run"].settings)["sha256"]) == 16
+    if model.endswith("smollm2-135m-instruct"):
+        assert "Paris" in rows[0]["output"]       # real weights, real answer
+
+
+def test_vllm_branch_uses_greedy_sampling_params(monkeypatch):
+    """The GPU path's glue, with a stand-in `vllm` module (the real one runs on the GPU host)."""
+    seen = []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class LLM:
+        def generate(self, prompts, params, use_tqdm=True):
+            seen.append((prompts, params.kw, use_tqdm))
+            out = types.SimpleNamespace(text=" four words of text", token_ids=[1, 2, 3, 4])
+            return [types.SimpleNamespace(outputs=[out])]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams))
+    engine = types.SimpleNamespace(name="vllm", handle=LLM(), device="cuda", compute_dtype="bfloat16")
+    result = run_evaluator("prompts", engine, {"path": EXAMPLE, "max_new_tokens": 5, "limit": 2})
+    assert seen[0] == (["The capital of France is"], {"temperature": 0, "max_tokens": 5}, False)
+    assert [r["output_tokens"] for r in result.tables["generations"]] == [4, 4]

@@ -1,0 +1,313 @@
+"""Served latency: the statistics as pure functions, the load generator against a scripted
+server (multi-token chunks, failures, open-loop arrivals), and the transformers server on real
+models (streamed text equals direct greedy generation; queueing shows in TTFT)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+
+from jobs.serving.loadgen import LoadLevel, arrival_times, corpus_prompts, run_levels
+from jobs.serving.openai_stream import Chunk, SSEDecoder, StreamResult, parse_events
+from jobs.serving.stats import (PERCENTILES, RequestSample, chunk_token_counts, meets_sla, percentile,
+                                request_sample, summarize)
+
+
+def words(text: str) -> int:
+    """A stand-in tokenizer for scripted servers: one token per space-separated word."""
+    return len(text.split())
+
+
+# --- pure statistics ---------------------------------------------------------------------------
+
+def test_percentile_is_numpys_linear_interpolation():
+    np = pytest.importorskip("numpy")
+    xs = [5.0, 1.0, 9.0, 3.0, 7.5, 2.25, 11.0]
+    for q in (0, 37, 50, 90, 95, 99, 100):
+        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    assert math.isnan(percentile([], 50))
+
+
+def test_sse_decoder_joins_events_split_across_reads_and_characters():
+    dec = SSEDecoder()
+    payload = 'data: {"t": "é"}\r\n\r\n: ping\n\ndata: [DONE]\n\n'.encode()
+    cut = payload.index("é".encode()) + 1          # split inside the two-byte character
+    assert dec.feed(payload[:cut]) == []
+    assert dec.feed(payload[cut:]) == ['{"t": "é"}', "[DONE]"]
+
+
+def test_multi_token_chunks_counted_from_server_usage():
+    # chunks of 3, 3 and 1 tokens at 100 ms, 160 ms, 170 ms
+    chunks = (Chunk(0.10, "a b c", 3), Chunk(0.16, "d e f", 6), Chunk(0.17, "g", 7))
+    s = request_sample(0, StreamResult(True, chunks, 32, 7), words, 32)
+    assert (s.ok, s.output_tokens, s.token_counts) == (True, 7, "server")
+    assert s.ttft_s == pytest.approx(0.10) and s.e2e_s == pytest.approx(0.17)
+    # tokens riding with the first one: gap 0; later gaps spread over their chunk's tokens
+    assert s.itl_s == pytest.approx((0.0, 0.0, 0.02, 0.02, 0.02, 0.01))
+    assert sum(s.itl_s) == pytest.approx(s.e2e_s - s.ttft_s)
+    assert s.tpot_s == pytest.approx((0.17 - 0.10) / 6)
+
+
+def test_multi_token_chunks_counted_by_retokenizing_without_usage():
+    chunks = (Chunk(0.05, "", None), Chunk(0.10, "one two", None), Chunk(0.20, " three four five", None))
+    counts, source = chunk_token_counts(chunks, words)
+    assert (counts, source) == ([0, 2, 3], "retokenized")
+    s = request_sample(0, StreamResult(True, chunks, None, None), words, 16)
+    # the empty chunk carries no token: TTFT is the first chunk that does
+    assert (s.output_tokens, s.prompt_tokens, s.ttft_s) == (5, 16, pytest.approx(0.10))
+    assert len(s.itl_s) == 4 and s.tpot_s == pytest.approx(0.10 / 4)
+
+
+def test_failed_stream_is_a_failed_sample():
+    events = [(0.1, json.dumps({"choices": [{"text": "x"}], "usage": None})),
+              (0.2, json.dumps({"error": {"message": "boom"}}))]
+    result = parse_events(events)
+    assert not result.ok and result.error == "boom"
+    s = request_sample(3, result, words, 8)
+    assert (s.ok, s.output_tokens, s.ttft_s, s.error) == (False, 0, None, "boom")
+    assert not parse_events([(0.1, json.dumps({"choices": [{"text": "x"}]}))]).ok   # no [DONE]
+
+
+def _sample(i, ttft, e2e, n=5, ok=True):
+    return RequestSample(i, ok, 8, n if ok else 0, ttft if ok else None, e2e if ok else None,
+                         tuple([(e2e - ttft) / (n - 1)] * (n - 1)) if ok else ())
+
+
+def test_summary_goodput_and_failures():
+    samples = [_sample(0, 0.1, 0.5), _sample(1, 0.3, 0.7), _sample(2, 0.1, 2.1), _sample(3, 0, 0, ok=False)]
+    out = summarize(samples, duration_s=2.0, sla_ttft_ms=200, sla_tpot_ms=200)
+    # 0 meets both; 1 misses TTFT; 2 misses TPOT (500 ms); 3 failed
+    assert [meets_sla(s, 200, 200) for s in samples] == [True, False, False, False]
+    assert out["goodput"] == (0.5, "req/s") and out["request_throughput"] == (1.5, "req/s")
+    assert out["requests_ok"][0] == 3 and out["requests_failed"][0] == 1
+    assert out["output_tokens_per_s"][0] == pytest.approx(15 / 2.0)
+    assert out["ttft_ms_p50"][0] == pytest.approx(100.0)
+
+
+def test_arrivals_are_seeded_poisson_scaled_to_the_rate():
+    a, b = arrival_times(50, 5.0, seed=1), arrival_times(50, 5.0, seed=1)
+    assert a == b and a != arrival_times(50, 5.0, seed=2)
+    assert all(x < y for x, y in zip(a, a[1:])) and a[-1] == pytest.approx(10.0)
+
+
+def test_corpus_prompts_are_distinct_exact_windows():
+    prompts = corpus_prompts(list(range(100)), 16, 8)
+    assert all(len(p) == 16 for p in prompts)
+    assert len({tuple(p) for p in prompts[:6]}) == 6 and prompts[6] == prompts[0]   # 6 windows, then wrap
+
+
+# --- the load generator against a scripted server ---------------------------------------------
+
+@contextlib.contextmanager
+def scripted_server(tokens_per_chunk=3, usage=True, fail_every=0, gap_s=0.002):
+    """An OpenAI-ish server with known behaviour: `max_tokens` word tokens in chunks of
+    `tokens_per_chunk`; every `fail_every`-th request answers HTTP 500; tracks peak in-flight."""
+    from aiohttp import web
+
+    state = {"n": 0, "in_flight": 0, "peak": 0}
+
+    async def completions(request):
+        body = await request.json()
+        state["n"] += 1
+        if fail_every and state["n"] % fail_every == 0:
+            return web.Response(status=500, text="scripted failure")
+        state["in_flight"] += 1
+        state["peak"] = max(state["peak"], state["in_flight"])
+        try:
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            n, sent = body["max_tokens"], 0
+            while sent < n:
+                await asyncio.sleep(gap_s)
+                k = min(tokens_per_chunk, n - sent)
+                sent += k
+                chunk = {"choices": [{"index": 0, "text": " tok" * k}],
+                         "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": sent} if usage else None}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if usage:
+                await resp.write(f"data: {json.dumps({'choices': [], 'usage': {'completion_tokens': n}})}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+        finally:
+            state["in_flight"] -= 1
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    loop, ready = asyncio.new_event_loop(), threading.Event()
+    runner = web.AppRunner(app)
+    port = []
+
+    def run():
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        port.append(site._server.sockets[0].getsockname()[1])
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait()
+    try:
+        yield f"http://127.0.0.1:{port[0]}", state
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+PROMPTS = [[1] * 8 for _ in range(200)]
+
+
+@pytest.mark.parametrize("usage", [True, False], ids=["server-usage", "retokenized"])
+def test_loadgen_counts_three_token_chunks(usage):
+    with scripted_server(tokens_per_chunk=3, usage=usage) as (url, _):
+        (run,) = run_levels(url, PROMPTS, 8, [LoadLevel(2, 10)], words)
+    assert len(run.samples) == 10 and all(s.ok for s in run.samples)
+    for s in run.samples:
+        assert s.output_tokens == 8 and len(s.itl_s) == 7
+        assert s.itl_s[:2] == (0.0, 0.0)        # chunks 3+3+2: two tokens ride with the first
+        assert s.token_counts == ("server" if usage else "retokenized")
+        assert sum(s.itl_s) == pytest.approx(s.e2e_s - s.ttft_s)
+
+
+def test_loadgen_counts_failed_requests():
+    with scripted_server(fail_every=5) as (url, _):
+        (run,) = run_levels(url, PROMPTS, 4, [LoadLevel(4, 50)], words, warmup=0)
+    failed = [s for s in run.samples if not s.ok]
+    assert len(run.samples) == 50 and len(failed) == 10
+    assert all("HTTP 500" in s.error for s in failed)
+    out = summarize(run.samples, run.duration_s, 2000, 200)
+    assert out["requests_failed"][0] == 10 and out["requests_ok"][0] == 40
+
+
+def test_loadgen_unreachable_server_fails_every_request():
+    (run,) = run_levels("http://127.0.0.1:9", PROMPTS, 4, [LoadLevel(2, 6)], words, warmup=0)
+    assert [s.ok for s in run.samples] == [False] * 6 and all(s.error for s in run.samples)
+
+
+def test_open_loop_respects_rate_and_concurrency_cap():
+    with scripted_server(tokens_per_chunk=1, gap_s=0.01) as (url, state):
+        start = time.perf_counter()
+        (run,) = run_levels(url, PROMPTS, 5, [LoadLevel(2, 20, request_rate=40.0)], words, warmup=0)
+        took = time.perf_counter() - start
+    assert all(s.ok for s in run.samples) and state["peak"] <= 2
+    assert took >= 20 / 40.0 * 0.9          # arrivals spread over count / rate seconds
+
+
+# --- the transformers server on real models ----------------------------------------------------
+
+def _engine(model: str):
+    from jobs.artifacts import ensure_artifact
+    from jobs.engines import load_engine
+    from matrix import expand_matrix
+    from matrix.spec import parse_spec
+    from conftest import tiny_spec
+
+    spec = parse_spec(tiny_spec("serving", models=[{"id": model}], methods=[{"method": "none"}]))
+    cell = expand_matrix(spec, {}).cells[0]
+    return load_engine(cell, ensure_artifact(cell))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _engine("builtin:tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return _engine("builtin:smollm2-135m-instruct")
+
+
+def _direct_greedy(engine, ids: list[int], n: int) -> str:
+    import torch
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                    pad_token_id=engine.tokenizer.eos_token_id)
+    return engine.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+async def _stream_text(base_url: str, prompt, n: int) -> tuple[str, list]:
+    import aiohttp
+    from jobs.serving.openai_stream import completion_payload, stream_completion
+
+    async with aiohttp.ClientSession() as session:
+        result = await stream_completion(session, f"{base_url}/v1/completions", completion_payload(None, prompt, n))
+    assert result.ok, result.error
+    return "".join(c.text for c in result.chunks), list(result.chunks)
+
+
+@pytest.mark.parametrize("tokens_per_chunk", [1, 3])
+def test_hf_server_streams_the_direct_greedy_generation(tiny, tokens_per_chunk):
+    from jobs.serving import serve
+
+    ids = tiny.tokenizer("The history of the city begins", add_special_tokens=False)["input_ids"]
+    with serve(tiny, {"tokens_per_chunk": tokens_per_chunk}) as url:
+        text, chunks = asyncio.run(_stream_text(url, ids, 10))
+    assert text == _direct_greedy(tiny, ids, 10)
+    assert [c.completion_tokens for c in chunks] == list(range(tokens_per_chunk, 10, tokens_per_chunk)) + [10]
+
+
+def test_hf_server_rejects_what_it_cannot_serve(tiny):
+    import aiohttp
+    from jobs.serving import serve
+
+    async def post(url, body):
+        async with aiohttp.ClientSession() as session, session.post(f"{url}/v1/completions", json=body) as r:
+            return r.status, await r.json()
+
+    with serve(tiny, {}) as url:
+        assert asyncio.run(post(url, {"prompt": [], "max_tokens": 2}))[0] == 400
+        status, body = asyncio.run(post(url, {"prompt": "Hi", "max_tokens": 2, "temperature": 0.7}))
+        assert status == 400 and "greedily" in body["error"]["message"]
+        status, body = asyncio.run(post(url, {"prompt": "Hi", "max_tokens": 3, "ignore_eos": True}))  # not streamed
+        assert status == 200 and body["usage"]["completion_tokens"] == 3
+
+
+SERVING = {"concurrency": [1, 4], "requests_per_level": 50, "request_rate": None, "prompt_tokens": 16,
+           "output_tokens": 8, "sla_ttft_ms": 2000.0, "sla_tpot_ms": 200.0, "corpus": "evals-wikipedia"}
+
+
+def test_serving_evaluator_levels_percentiles_and_queueing(tiny):
+    from jobs.evaluate import TABLE_SCHEMAS, run_evaluator
+
+    result = run_evaluator("serving", tiny, SERVING)
+    by = {(m.name, json.loads(m.settings)["concurrency"]): m for m in result.metrics}
+    for c in (1, 4):
+        settings = json.loads(by[("serving_ttft_ms_p50", c)].settings)
+        assert settings["requests"] == 50 and settings["server_batching"] == "none"
+        assert {"prompt_tokens", "output_tokens", "sla_ttft_ms", "sla_tpot_ms", "device", "request_rate"} <= set(settings)
+        assert by[("serving_requests_ok", c)].value == 50 and by[("serving_requests_failed", c)].value == 0
+        for name in ("ttft", "tpot", "itl", "e2e"):
+            values = [by[(f"serving_{name}_ms_p{q}", c)].value for q in PERCENTILES]
+            assert values == sorted(values), (name, c, values)
+        assert by[("serving_goodput", c)].value <= by[("serving_request_throughput", c)].value
+        tps, rps = by[("serving_output_tokens_per_s", c)].value, by[("serving_request_throughput", c)].value
+        assert tps == pytest.approx(8 * rps)
+    # one generation at a time: with 4 clients each request waits behind the others
+    assert by[("serving_ttft_ms_p50", 4)].value > 2 * by[("serving_ttft_ms_p50", 1)].value
+    rows = result.tables["samples"]
+    assert len(rows) == 100 and all(r["ok"] and r["output_tokens"] == 8 and r["prompt_tokens"] == 16 for r in rows)
+    pa.Table.from_pylist(rows, schema=TABLE_SCHEMAS["samples"])     # the store's schema holds them
+
+
+def test_smollm2_server_matches_generate_and_serves_a_small_load(smol):
+    from jobs.evaluate import run_evaluator
+    from jobs.serving import serve
+
+    text_prompt = "The three primary colors are"
+    ids = smol.tokenizer(text_prompt)["input_ids"]
+    with serve(smol, {}) as url:
+        streamed, _ = asyncio.run(_stream_text(url, text_prompt, 8))
+    assert streamed == _direct_greedy(smol, ids, 8) and streamed.strip()
+    # a small load: the 50-request percentiles are the tiny model's test; this one is about real weights
+    small = {**SERVING, "concurrency": [1, 2], "requests_per_level": 8, "prompt_tokens": 16, "output_tokens": 3}
+    metrics = {(m.name, json.loads(m.settings)["concurrency"]): m.value for m in run_evaluator("serving", smol, small).metrics}
+    assert metrics[("serving_requests_ok", 1)] == metrics[("serving_requests_ok", 2)] == 8
+    assert metrics[("serving_ttft_ms_p50", 2)] > metrics[("serving_ttft_ms_p50", 1)]
