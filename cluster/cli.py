@@ -75,7 +75,7 @@ def plan(spec: Path = typer.Argument(..., help="sweep spec (YAML)")):
 
     parsed = _load(spec)
     try:
-        configs = {m.id: read_config(m.id, m.revision) for m in parsed.models}
+        configs = {m.id: read_config(m.id, m.revision, m.gguf_file) for m in parsed.models}
         expansion = plan_sweep(parsed)
     except Exception as e:   # an unreachable hub model or unreadable config: say which, no traceback
         err.print(f"[red]cannot read the model configs: {type(e).__name__}: {e}[/red]", highlight=False)

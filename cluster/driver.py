@@ -50,7 +50,7 @@ def plan_sweep(spec: SweepSpec) -> Expansion:
     from jobs.models import read_config
     from jobs.quantize import backend_names, unavailable_reason
 
-    configs = {m.id: read_config(m.id, m.revision) for m in spec.models}
+    configs = {m.id: read_config(m.id, m.revision, m.gguf_file) for m in spec.models}
     expansion = expand_matrix(spec, configs)
     # with a quantize-stage runtime env the libraries live there, not in the driver's environment
     stage_env = getattr(getattr(spec.resources, "runtime_env", None), "quantize", None) is not None

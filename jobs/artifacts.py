@@ -94,7 +94,7 @@ def ensure_artifact(cell: Cell) -> dict[str, Any]:
     backend = get_backend(cell.backend)
     if backend.resolve is not None:
         return {"artifact_key": cell.artifact_key, "quantize_seconds": None, "built": False, **backend.resolve(cell)}
-    base = materialize(cell.model, cell.revision)
+    base = materialize(cell.model, cell.revision, cell.gguf_file)
     if not backend.writes_artifact:
         return {"artifact_key": cell.artifact_key, "path": base, "format": backend.format,
                 "quantize_seconds": None, "built": False}

@@ -72,6 +72,13 @@ def _vllm_compressed_tensors_bits(cell: Cell, _: ModelConfig) -> str | None:
     return None
 
 
+def _bitsandbytes_on_hf(cell: Cell, _: ModelConfig) -> str | None:
+    if cell.backend == "bitsandbytes" and cell.engine == "vllm":
+        return (f"{cell.method} (bitsandbytes) runs on the hf engine here: vLLM's bitsandbytes path is "
+                "slated for removal upstream")
+    return None
+
+
 def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:
     if cell.method == "prequantized" and (cell.gguf_file or cell.model.endswith(".gguf")):
         return "a GGUF model is de-quantized to 16-bit at load; a prequantized checkpoint is a separate model"
@@ -85,6 +92,7 @@ RULES: tuple[Rule, ...] = (
     Rule("awq-bits", _awq_bits),
     Rule("vllm-compressed-tensors-bits", _vllm_compressed_tensors_bits),
     Rule("gguf-prequantized", _gguf_needs_16bit_start),
+    Rule("bitsandbytes-on-hf", _bitsandbytes_on_hf),
 )
 
 

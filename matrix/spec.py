@@ -319,7 +319,9 @@ def spec_json_schema() -> dict[str, Any]:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid spec {source}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        # odd keys (spaces, control characters) are quoted, so each problem stays on one readable line
+        path = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)
+                        for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
         bad = e.get("input")
         shown = "" if isinstance(bad, (dict, list)) else f" (got {bad!r})"

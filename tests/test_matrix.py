@@ -34,7 +34,9 @@ def test_expansion_is_the_product_minus_skips():
     reasons = [s.reason for s in e.skipped]
     assert sum("needs the vllm engine" in r for r in reasons) == 19
     assert sum("vllm serves llm-compressor" in r for r in reasons) == 2 * 4 * 2
-    assert len(reasons) == 19 + 16
+    # nf4 and int8 (bitsandbytes) on vllm, for each KV dtype
+    assert sum("runs on the hf engine here" in r for r in reasons) == 2 * 2
+    assert len(reasons) == 19 + 16 + 4
     # 4 KV/engine variants share one artifact: 18 quantized variants + 1 baseline
     assert len(e.artifact_keys) == 19
 
@@ -189,8 +191,8 @@ def test_expansion_count_is_product_minus_exclusions_and_skips():
     assert len(e.cells) == product - e.excluded - len(e.skipped)
     # the fp8-KV-on-hf cells were excluded, so no rule had to skip them; 3-bit GPTQ on vllm is skipped
     assert not any("needs the vllm engine" in s.reason for s in e.skipped)
-    assert {s.reason for s in e.skipped} == {"vllm serves llm-compressor (compressed-tensors) weights at 4 or 8 bits, "
-                                             "not 3"}
+    assert {s.rule for s in e.skipped} == {"vllm-compressed-tensors-bits", "bitsandbytes-on-hf"}
+    assert "not 3" in next(s.reason for s in e.skipped if s.rule == "vllm-compressed-tensors-bits")
     assert all(not (c.method == "awq" and c.bits == 3) for c in e.cells)
 
 
@@ -257,7 +259,7 @@ def test_yaml_with_keys_reordered_gives_identical_cell_ids(tmp_path):
     (tmp_path / "a.yaml").write_text(YAML_A)
     (tmp_path / "b.yaml").write_text(YAML_B)
     ea, eb = (expand_matrix(load_spec(tmp_path / f), {"m": LLAMA7B}) for f in ("a.yaml", "b.yaml"))
-    assert len(ea.cells) == 11      # bf16 x 2 KV + gptq 2 groups x 2 actorder x 2 KV + nf4 auto
+    assert len(ea.cells) == 10      # bf16 x 2 KV + gptq 2 groups x 2 actorder x 2 KV (nf4 skipped on vllm)
     assert [c.cell_id for c in ea.cells] == [c.cell_id for c in eb.cells]
     assert [c.artifact_key for c in ea.cells] == [c.artifact_key for c in eb.cells]
 

@@ -29,7 +29,7 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
                                                  trust_remote_code=cell.trust_remote_code, **kwargs)
     model.eval()
     tok = AutoTokenizer.from_pretrained(manifest["path"])
-    base = materialize(cell.model, cell.revision)
+    base = materialize(cell.model, cell.revision, cell.gguf_file)
     return Engine("hf", model, tok, "cuda" if on_gpu else "cpu", str(dtype).removeprefix("torch."),
                   time.perf_counter() - start, tuple(notes), base_path=base,
                   base_revision=cell.revision, is_base=manifest["path"] == base and not kwargs,

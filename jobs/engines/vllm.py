@@ -59,7 +59,7 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
         "quantization": cfg.model_config.quantization,
         "kv_cache_dtype": cfg.cache_config.cache_dtype,
     }
-    base = materialize(cell.model, cell.revision)
+    base = materialize(cell.model, cell.revision, cell.gguf_file)
     return Engine("vllm", None, llm.get_tokenizer(), "cuda", "bfloat16", seconds,
                   (f"vllm quantization={info['quantization']}, kv_cache_dtype={info['kv_cache_dtype']}",),
                   base_path=base, base_revision=cell.revision, is_base=cell.is_baseline,
