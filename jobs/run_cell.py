@@ -93,7 +93,7 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     rows: dict[str, list[dict[str, Any]]] = {}
     # load-time methods quantize while loading: that load is their quantization time
     q_seconds = manifest["quantize_seconds"] if manifest["quantize_seconds"] is not None else engine.load_seconds
-    if not cell.is_baseline:
+    if not cell.is_baseline and cell.method != "prequantized":    # published weights: nothing quantized here
         metrics.append(Metric.of("quantize_seconds", q_seconds, "s", "lower",
                                  stage="artifact" if manifest["quantize_seconds"] is not None else "load-time"))
     evaluations = sorted(((n, s) for n, s in json.loads(cell.evaluation).items() if s is not None),
