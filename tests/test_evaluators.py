@@ -61,14 +61,14 @@ def test_perplexity_matches_plain_hf_loss(engines):
             nll += loss * (x.shape[1] - 1)
             n += x.shape[1] - 1
     expected = math.exp(nll / n)
-    got = run_evaluator("perplexity", engine, PPL)[0]
+    got = run_evaluator("perplexity", engine, PPL).metrics[0]
     assert got.name == "perplexity"
     assert got.value == pytest.approx(expected, rel=0.005)
     assert n == len(ids)
 
 
 def test_kl_of_baseline_against_itself_is_zero(engines):
-    m = _by_name(run_evaluator("kl_divergence", engines["none"], KL))
+    m = _by_name(run_evaluator("kl_divergence", engines["none"], KL).metrics)
     assert m["kl_divergence_mean"] < 1e-6 and m["kl_divergence_p99"] < 1e-6
     assert m["top1_agreement"] == 1.0
 
@@ -77,11 +77,11 @@ def test_kl_of_baseline_against_itself_is_zero(engines):
 def test_kl_orders_int8_below_nf4_and_reuses_the_baseline_cache(smol):
     from jobs.models import cache_root
 
-    base = _by_name(run_evaluator("kl_divergence", smol["none"], KL_SMOL))
+    base = _by_name(run_evaluator("kl_divergence", smol["none"], KL_SMOL).metrics)
     assert base["kl_divergence_mean"] < 1e-6 and base["top1_agreement"] == 1.0
     refs = cache_root() / "baseline-logprobs"
     before = sorted(refs.glob("*.pt"))
-    results = {q: _by_name(run_evaluator("kl_divergence", smol[q], KL_SMOL)) for q in ("int8", "nf4")}
+    results = {q: _by_name(run_evaluator("kl_divergence", smol[q], KL_SMOL).metrics) for q in ("int8", "nf4")}
     print({q: {k: round(v, 6) for k, v in r.items()} for q, r in results.items()})
     assert 0 < results["int8"]["kl_divergence_mean"] < results["nf4"]["kl_divergence_mean"]
     assert results["int8"]["top1_agreement"] >= results["nf4"]["top1_agreement"]
@@ -93,12 +93,12 @@ def test_kl_orders_int8_below_nf4_and_reuses_the_baseline_cache(smol):
 @pytest.mark.slow   # three SmolLM2 loads (bitsandbytes on CPU): over a minute
 def test_kl_reference_computed_by_a_quantized_cell_loads_the_base(tmp_path, monkeypatch, smol):
     # a fresh cache: the nf4 cell comes first and must load the unquantized base itself
-    expected = _by_name(run_evaluator("kl_divergence", smol["nf4"], KL_SMOL))
+    expected = _by_name(run_evaluator("kl_divergence", smol["nf4"], KL_SMOL).metrics)
     monkeypatch.setenv("QMX_CACHE", str(tmp_path))
-    first = _by_name(run_evaluator("kl_divergence", smol["nf4"], KL_SMOL))
+    first = _by_name(run_evaluator("kl_divergence", smol["nf4"], KL_SMOL).metrics)
     assert list((tmp_path / "baseline-logprobs").glob("*.pt"))
     assert first["kl_divergence_mean"] == pytest.approx(expected["kl_divergence_mean"], rel=1e-4)
-    base = _by_name(run_evaluator("kl_divergence", smol["none"], KL_SMOL))
+    base = _by_name(run_evaluator("kl_divergence", smol["none"], KL_SMOL).metrics)
     assert base["kl_divergence_mean"] < 1e-6 and base["top1_agreement"] == 1.0
 
 
@@ -107,7 +107,7 @@ def test_lm_eval_task_runs_offline(engines, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     start = time.perf_counter()
-    (metric,) = run_evaluator("lm_eval", engines["none"], {"tasks": ["evals-mmlu"], "limit": 20, "num_fewshot": 0})
+    (metric,) = run_evaluator("lm_eval", engines["none"], {"tasks": ["evals-mmlu"], "limit": 20, "num_fewshot": 0}).metrics
     print(f"lm-eval accuracy {metric.value:.3f} in {time.perf_counter() - start:.1f}s")
     assert metric.name == "accuracy" and 0.0 <= metric.value <= 1.0
     assert '"items": 20' in metric.settings and '"task": "evals-mmlu"' in metric.settings
