@@ -199,7 +199,7 @@ def test_losing_a_node_mid_sweep_only_costs_retries(cluster, tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail("no cell started on the victim node")
-    time.sleep(1.0)                          # let it get into its work
+    time.sleep(0.2)                          # let it get into its work (reused engines finish cells fast)
     assert "report" not in done, "the sweep finished before the node could be lost"
     c.remove_node(victim)
 
