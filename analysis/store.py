@@ -12,6 +12,7 @@ object PUT is already all-or-nothing, so files are written in place.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -159,7 +160,5 @@ def _with_keys(rows: pa.Table, cell_id: str, attempt: int) -> pa.Table:
 
 
 def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):     # FileNotFoundError included: already gone is fine
         fs.delete_file(path)
-    except (FileNotFoundError, OSError):
-        pass

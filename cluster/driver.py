@@ -10,6 +10,7 @@ Finished cells are never run or written twice. Ctrl-C stops cleanly (`cluster.in
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -253,13 +254,11 @@ class _Scheduler:
 
     def _retire(self, worker: _Worker) -> None:
         self.workers.remove(worker)
-        try:
+        with contextlib.suppress(Exception):       # already dead with its node: nothing left to free
             self.ray.kill(worker.actor)
             if worker.pg is not None:
                 from ray.util.placement_group import remove_placement_group
                 remove_placement_group(worker.pg)
-        except Exception:       # already dead with its node: nothing left to free
-            pass
 
     def _assign(self, worker: _Worker, cell: Cell) -> None:
         attempt = self.store.next_attempt(cell.cell_id)      # failed attempts are recorded before a retry
@@ -366,10 +365,8 @@ class _Scheduler:
     def _cancel_all(self) -> None:
         for ref, flight in list(self.pending.items()):
             if flight.kind == "quantize":
-                try:
+                with contextlib.suppress(Exception):   # already finished or its node is gone
                     self.ray.cancel(ref, force=True)
-                except Exception:
-                    pass
         self.pending.clear()
 
     def _quantize_done(self, flight: _Flight, manifest, error) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import resource
 import shutil
 import socket
 import tempfile
@@ -21,6 +19,7 @@ from typing import Any, Iterator
 
 from jobs.filelock import file_lock
 from jobs.models import cache_root, materialize
+from jobs.process_memory import peak_rss_bytes, reset_peaks, rss_bytes
 from jobs.quantize import get_backend
 from jobs.quantize.formats import describe_quantization
 from jobs.versions import library_versions
@@ -38,20 +37,6 @@ def _dir_bytes(path: Path, suffix: str = "") -> int:
     return sum(f.stat().st_size for f in path.rglob(f"*{suffix}") if f.is_file())
 
 
-def _vm_hwm() -> int | None:
-    try:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-    except (OSError, AttributeError):
-        return None
-
-
-def _vm_rss() -> int | None:
-    try:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-    except (OSError, AttributeError):
-        return None
-
-
 @contextlib.contextmanager
 def peak_memory() -> Iterator[dict[str, Any]]:
     """The peak memory of the code inside, not of the whole process's life.
@@ -60,25 +45,14 @@ def peak_memory() -> Iterator[dict[str, Any]]:
     (so it includes what the process already held: `rss_at_start_bytes` says how much);
     where that is not allowed, the process's lifetime ru_maxrss, labelled as such.
     CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats."""
-    out: dict[str, Any] = {"rss_at_start_bytes": _vm_rss()}
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        out["peak_rss_kind"] = "VmHWM of the building process, reset at build start"
-    except OSError:
-        out["peak_rss_kind"] = "ru_maxrss of the building process's whole life (could not reset VmHWM)"
-    cuda = False
-    try:
-        import torch
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-    except ImportError:
-        pass
+    out: dict[str, Any] = {"rss_at_start_bytes": rss_bytes()}
+    reset = reset_peaks()
+    out["peak_rss_kind"] = "VmHWM of the building process, reset at build start" if reset else \
+        "ru_maxrss of the building process's whole life (could not reset VmHWM)"
     yield out
-    hwm = _vm_hwm() if out["peak_rss_kind"].startswith("VmHWM") else None
-    out["peak_rss_bytes"] = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if cuda:
-        import torch
+    out["peak_rss_bytes"] = peak_rss_bytes()
+    import torch
+    if torch.cuda.is_available():
         out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
 
 

@@ -81,10 +81,11 @@ def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
 
 
 def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> CellOutcome:
-    from jobs.evaluate.memory import reset_peak, weight_bytes
+    from jobs.evaluate.memory import weight_bytes
+    from jobs.process_memory import reset_peaks
 
     _set_threads()
-    reset_peak()
+    reset_peaks()
     start = time.perf_counter()
     manifest = manifest or ensure_artifact(cell)
     engine, reused = _engine_for(cell, manifest, state if state is not None else {})

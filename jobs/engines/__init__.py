@@ -1,6 +1,7 @@
 """Serving engines: a registry of modules, each exposing `load(cell, manifest) -> Engine`."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +41,10 @@ class Engine:
         import gc
         self.model = self.handle = None
         gc.collect()
-        try:
+        with contextlib.suppress(ImportError):
             import torch
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except ImportError:
-            pass
 
 
 def load_engine(cell, manifest: dict[str, Any]) -> Engine:

@@ -8,11 +8,11 @@ decompresses packed weights at the first forward, and `weights_in_use_bytes` the
 """
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 from typing import Any
 
 from jobs.evaluate import Metric
+from jobs.process_memory import peak_rss_bytes
 
 
 def weight_bytes(model) -> int:
@@ -24,31 +24,6 @@ def weight_bytes(model) -> int:
         width = min(t.element_size(), 2) if t.is_floating_point() else t.element_size()
         total += t.numel() * width
     return total
-
-
-def reset_peak() -> None:
-    """Start a cell's peak-memory window: a long-lived worker has run other cells before it.
-    Linux resets the process's RSS high-water mark on writing 5 to /proc/self/clear_refs."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-    except ImportError:
-        pass
-
-
-def peak_rss_bytes() -> int:
-    """VmHWM (since the last `reset_peak`) where /proc has it, else the process's lifetime peak."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _vllm(engine) -> list[Metric]:
