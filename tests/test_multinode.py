@@ -184,7 +184,8 @@ def test_losing_a_node_mid_sweep_only_costs_retries(cluster, tmp_path):
         "node-loss", kv_cache_dtype=["auto"],
         methods=[{"method": "none"}, {"method": "int8"}, {"method": "nf4"}],
         evaluation={"perplexity": {"corpus": "evals-wikipedia", "context": 128, "stride": 64, "max_tokens": 2048},
-                    "speed": {"prompt_tokens": 8, "new_tokens": 32, "repeats": 3}},
+                    # seconds of decoding per cell: workers keep engines loaded, so cells are short otherwise
+                    "speed": {"prompt_tokens": 8, "new_tokens": 64, "repeats": 10}},
         resources={"cpus_per_cell": 1, "max_retries": 2}))
     done: dict = {}
     thread = threading.Thread(target=lambda: done.setdefault("report", run_sweep(spec, tmp_path)), daemon=True)
