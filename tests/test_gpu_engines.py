@@ -46,6 +46,9 @@ def test_vllm_perplexity_matches_transformers_and_fp8_kv_doubles_capacity():
     fp8 = _load(_cell("vllm", "fp8_e4m3"))
     fp8_memory = {m.name: m.value for m in run_evaluator("memory", fp8, {}).metrics}
     shutdown(fp8)
+    print(f"GPU vllm {torch.cuda.get_device_name()}: perplexity {vllm_ppl.value:.3f} (transformers {hf_ppl.value:.3f}) "
+          f"kv_cache_tokens auto {memory['kv_cache_tokens']:.0f} fp8_e4m3 {fp8_memory['kv_cache_tokens']:.0f} "
+          f"load seconds {auto.load_seconds:.1f} / {fp8.load_seconds:.1f}")
     # both bf16 on the same tokens: kernels differ, the model does not
     assert vllm_ppl.value == pytest.approx(hf_ppl.value, rel=0.01)
     assert memory["kv_cache_tokens"] > 0

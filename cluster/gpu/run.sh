@@ -3,10 +3,12 @@
 # `bash ../shared/gpu/stage.sh ../shared/gpu/vllm-gpu.txt ../shared/gpu/quantize-gpu.txt
 # cluster/gpu/project-gpu.txt` were collected there one call each (`install.sh collect .stageN`).
 #
-#   bash cluster/gpu/run.sh SECONDS     install once, then run the GPU sweep for at most SECONDS
+#   bash cluster/gpu/run.sh SECONDS     the GPU sweep for at most SECONDS
 #                                       (SIGINT at the limit: finished cells are kept, a rerun resumes)
-#   bash cluster/gpu/run.sh bench       vLLM's own throughput benchmark on the bf16 model
-#   bash cluster/gpu/run.sh tests       the GPU-marked tests
+#   bash cluster/gpu/run.sh bench       vLLM's own `vllm bench throughput` on the bf16 model, in the
+#                                       config of the sweep's throughput metric (256 x 128 in / 128 out)
+#   bash cluster/gpu/run.sh tests       the GPU-marked tests, each file in the environment it needs
+# Every mode installs the wheel sets first (once per machine).
 #
 # Three environments, as users run them: the driver (Ray, DuckDB, the CLI), the quantize
 # stage (llm-compressor, compressed-tensors 0.19) and the serve stage (vLLM, compressed-tensors
@@ -27,21 +29,28 @@ install() {
     && bash "$inst" install project-gpu $SITE_P && touch /tmp/qmx-installed
 }
 
+install || { echo "install failed"; exit 1; }
 case ${1:-} in
   bench)
-    model=$QMX_CACHE/models/smollm2-135m-instruct
-    PYTHONPATH=$SITE_V:$SITE_P python3 -m vllm.entrypoints.cli.main bench throughput --model "$model" \
-      --dataset-name random --input-len 128 --output-len 128 --num-prompts 256 --dtype bfloat16 \
-      --max-model-len 4096 --gpu-memory-utilization 0.85 --seed 0 2>&1 | tee "$OUT/vllm_bench_throughput.log" | tail -5
+    # the builtin model's folder, materialized from its GGUF if no earlier run did it
+    model=$(PYTHONPATH=$SITE_P:$REPO python3 -c \
+      "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
+    # the sweep's engine arguments (jobs/engines/vllm.py) and its warm-up of 8 prompts
+    PYTHONPATH=$SITE_V:$SITE_P timeout "${BENCH_TIMEOUT:-150}" python3 -m vllm.entrypoints.cli.main bench throughput \
+      --model "$model" --dataset-name random --input-len 128 --output-len 128 --num-prompts 256 \
+      --num-warmups 8 --dtype bfloat16 --max-model-len 4096 --gpu-memory-utilization 0.85 --max-logprobs 64 \
+      --seed 0 --output-json "$OUT/vllm_bench_throughput.json" 2>&1 | tee "$OUT/vllm_bench_throughput.log" \
+      | grep -E "^Throughput|^Total num"
     ;;
   tests)
-    PYTHONPATH=$SITE_Q:$SITE_P:$REPO timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
-      tests/test_gpu_backends.py 2>&1 | tee "$OUT/gpu_tests_quantize.log" | tail -15
-    PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
-      tests/test_gpu_engines.py 2>&1 | tee "$OUT/gpu_tests_vllm.log" | tail -15
+    PYTHONPATH=$SITE_Q:$SITE_P:$REPO timeout "${TESTS_Q_TIMEOUT:-150}" python3 -m pytest -q -s -m gpu \
+      -p no:cacheprovider tests/test_gpu_backends.py 2>&1 | tee "$OUT/gpu_tests_quantize.log" \
+      | grep -E "GPU |passed|failed|skipped|Error"
+    PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${TESTS_V_TIMEOUT:-330}" python3 -m pytest -q -s -m gpu \
+      -p no:cacheprovider tests/test_gpu_engines.py 2>&1 | tee "$OUT/gpu_tests_vllm.log" \
+      | grep -E "GPU |passed|failed|skipped|Error"
     ;;
   *)
-    install || { echo "install failed"; exit 1; }
     sed -e "s|@REPO@|$REPO|g; s|@SITE_V@|$SITE_V|g; s|@SITE_Q@|$SITE_Q|g; s|@SITE_P@|$SITE_P|g" \
       cluster/gpu/h100-smollm2.yaml > /tmp/h100-smollm2.yaml
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
