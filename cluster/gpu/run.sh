@@ -37,7 +37,7 @@ case ${1:-} in
       "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
     # the sweep's engine arguments (jobs/engines/vllm.py) and its warm-up of 8 prompts
     PYTHONPATH=$SITE_V:$SITE_P timeout "${BENCH_TIMEOUT:-150}" python3 -m vllm.entrypoints.cli.main bench throughput \
-      --model "$model" --dataset-name random --input-len 128 --output-len 128 --num-prompts 256 \
+      --model "$model" --dataset-name random --random-input-len 128 --random-output-len 128 --num-prompts 256 \
       --num-warmups 8 --dtype bfloat16 --max-model-len 4096 --gpu-memory-utilization 0.85 --max-logprobs 64 \
       --seed 0 --output-json "$OUT/vllm_bench_throughput.json" 2>&1 | tee "$OUT/vllm_bench_throughput.log" \
       | grep -E "^Throughput|^Total num"
