@@ -6,6 +6,8 @@ Views (all queries run on an in-memory DuckDB that only reads the Parquet files)
   results                    metrics of each cell's successful attempt, joined to its dimensions
   leaderboard                one row per successful cell: perplexity and its delta % vs the
                              model's baseline, decode tok/s and speedup, weight bytes and reduction
+  serving                    one row per successful cell and load level (concurrency, request rate):
+                             TTFT / TPOT p50 and p99, request and token throughput, goodput
   skipped                    cells the validity rules skipped, with the reason
   samples, generations       per-request latency samples and prompt-set outputs of each cell's
                              latest successful attempt (every attempt: samples_all, generations_all)
@@ -54,6 +56,23 @@ CREATE VIEW leaderboard AS
   LEFT JOIN cell_metrics b ON b.sweep = c.sweep AND b.model = c.model AND b.is_baseline
        AND b.engine = c.engine AND b.perplexity_settings IS NOT DISTINCT FROM c.perplexity_settings
   ORDER BY c.sweep, c.model, c.perplexity NULLS LAST;
+CREATE VIEW serving AS
+  SELECT sweep, model, label, engine, kv_cache_dtype,
+         CAST(json_extract(settings, '$.concurrency') AS INTEGER) AS concurrency,
+         CAST(json_extract(settings, '$.request_rate') AS DOUBLE) AS request_rate,
+         max(value) FILTER (metric = 'serving_ttft_ms_p50') AS ttft_ms_p50,
+         max(value) FILTER (metric = 'serving_ttft_ms_p99') AS ttft_ms_p99,
+         max(value) FILTER (metric = 'serving_tpot_ms_p50') AS tpot_ms_p50,
+         max(value) FILTER (metric = 'serving_tpot_ms_p99') AS tpot_ms_p99,
+         max(value) FILTER (metric = 'serving_request_throughput') AS requests_per_s,
+         max(value) FILTER (metric = 'serving_output_tokens_per_s') AS output_tokens_per_s,
+         max(value) FILTER (metric = 'serving_goodput') AS goodput,
+         max(value) FILTER (metric = 'serving_requests_ok') AS requests_ok,
+         max(value) FILTER (metric = 'serving_requests_failed') AS requests_failed,
+         cell_id, settings
+  FROM results WHERE starts_with(metric, 'serving_')
+  GROUP BY sweep, model, label, engine, kv_cache_dtype, cell_id, settings
+  ORDER BY sweep, model, concurrency, request_rate NULLS FIRST, ttft_ms_p50;
 CREATE VIEW skipped AS
   SELECT c.sweep, c.model, c.label, c.method, c.bits, c.group_size, c.kv_cache_dtype, c.engine, r.reason, c.cell_id
   FROM latest_runs r JOIN (SELECT DISTINCT ON (sweep, cell_id) * FROM cells) c USING (sweep, cell_id)

@@ -14,7 +14,8 @@ synthetic quantize step); the rest need no artifact.
     driver overhead per cell = (wall time outside ray.wait) / cells, and driver CPU time / cells
 
 The cluster is warmed first (Ray's idle worker processes started, as on a cluster that has run
-anything before); actor start-up for the pool is inside the measured makespan.
+anything before). Each GPU build and each worker actor still starts a process of its own; that
+start-up is inside the measured makespan.
 
     .venv/bin/python benchmarks/scheduler_bench.py [--cells 500] [--gpus 32] [--mean-seconds 12]
                                                    [--nodes 1] [--order longest|spec]
@@ -28,6 +29,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +97,56 @@ def make_run_fn(durations: dict[str, float]):
 
 def make_quantize_fn(builds: dict[str, float]):
     def quantize_fn(cell):
+        began = time.time()
         time.sleep(builds[cell.artifact_key])
-        return {"artifact_key": cell.artifact_key, "built": True, "quantize_seconds": builds[cell.artifact_key]}
+        import ray   # where the build ran, for the idle-time breakdown
+        return {"artifact_key": cell.artifact_key, "built": True, "quantize_seconds": builds[cell.artifact_key],
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "start": began, "end": time.time()}
     return quantize_fn
+
+
+def idle_breakdown(spans: list[dict], gpus: int, wall0: float, wall1: float) -> dict[str, float]:
+    """GPU-seconds each declared GPU sat idle, by what it waited for: `spans` are the builds and cells
+    with the GPU they held. A gap before a cell that follows a build is a new worker actor starting
+    (workers start when a build frees its GPU); a gap between two cells is dispatch (result back,
+    next cell out)."""
+    by_gpu: dict[str, list[dict]] = {}
+    for s in spans:
+        by_gpu.setdefault(",".join(s["gpu_ids"]), []).append(s)
+    idle = {"before first work": 0.0, "build -> first cell (actor start-up)": 0.0,
+            "cell -> next cell (dispatch)": 0.0, "-> next build": 0.0, "after last work": 0.0}
+    for seq in by_gpu.values():
+        seq.sort(key=lambda s: s["start"])
+        idle["before first work"] += seq[0]["start"] - wall0
+        for a, b in zip(seq, seq[1:]):
+            kind = "cell -> next cell (dispatch)" if a["kind"] == b["kind"] == "cell" else \
+                "build -> first cell (actor start-up)" if a["kind"] == "build" and b["kind"] == "cell" else \
+                "-> next build"
+            idle[kind] += max(0.0, b["start"] - a["end"])
+        idle["after last work"] += wall1 - seq[-1]["end"]
+    idle["before first work"] += (gpus - len(by_gpu)) * (wall1 - wall0)     # GPUs never used
+    return idle
+
+
+class CpuSampler(threading.Thread):
+    """This machine's CPU use (all processes: driver, Ray, workers), sampled once a second from /proc/stat:
+    shows whether worker start-up is CPU-bound."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int, int]] = []      # (unix time, busy jiffies, all jiffies)
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(1.0 if self.samples else 0.0):
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:]]
+            self.samples.append((time.time(), sum(ticks) - ticks[3] - ticks[4], sum(ticks)))   # idle, iowait
+
+    def busy(self, start: float, end: float) -> float:
+        """Fraction of all cores busy between two unix times."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        return (inside[-1][1] - inside[0][1]) / max(1, inside[-1][2] - inside[0][2]) if len(inside) > 1 else float("nan")
 
 
 class _TimedRay:
@@ -135,19 +184,20 @@ def start_cluster(nodes: int, gpus: int):
 
 
 def warm_up(gpus: int) -> float:
-    """Start Ray's idle task workers (one per declared GPU) before the clock starts. Ray keeps GPU and
-    CPU task workers apart, so they are warmed with GPU tasks: the quantize tasks reuse them. Cell
-    actors always get new processes; their start-up is measured."""
+    """Start Ray's idle workers before the clock starts, as on a cluster that has run anything before.
+    Builds and cells still start processes of their own inside the makespan: a GPU build exits after
+    one call (the driver's max_calls=1: a reused process would keep the CUDA context of the GPU it had),
+    and Ray never hosts an actor in a process that ran a task."""
     import ray
 
     t = time.perf_counter()
 
-    @ray.remote(num_cpus=1, num_gpus=1)
+    @ray.remote
     def noop():
         time.sleep(0.5)
         return os.getpid()
 
-    ray.get([noop.remote() for _ in range(gpus)])
+    ray.get([noop.options(num_cpus=1, num_gpus=1).remote() for _ in range(gpus)])
     return time.perf_counter() - t
 
 
@@ -189,16 +239,25 @@ def main() -> None:
             first_build: list[float] = []
             quantize_done = sched._quantize_done
 
-            def noting_first_build(*a, **k):
+            builds_run: list[dict] = []
+
+            def noting_first_build(flight, manifest, error):
                 first_build.append(time.time())
-                return quantize_done(*a, **k)
+                if manifest:
+                    builds_run.append({**manifest, "kind": "build"})
+                return quantize_done(flight, manifest, error)
             sched._quantize_done = noting_first_build
+            sampler = CpuSampler()
+            sampler.start()
             cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
             sched.run(cells)
             makespan = time.perf_counter() - t0
+            wall1 = time.time()
+            sampler.done.set()
             cpu = time.process_time() - cpu0
             recorded = sum(1 for rows in store.attempts().values() for r in rows if r["status"] == "ok")
         starts = sorted(p["start"] for p in report.placements)
+        idle = idle_breakdown(builds_run + [{**p, "kind": "cell"} for p in report.placements], gpus, wall0, wall1)
         busy = sum(p["end"] - p["start"] for p in report.placements) + sum(builds.values())
         lines = [
             f"cluster: {args.nodes} node(s), {gpus} declared GPUs ({os.cpu_count()} CPU cores on this machine; "
@@ -216,6 +275,10 @@ def main() -> None:
             f"GPU busy fraction over the makespan: {busy / (gpus * makespan):.3f}",
             f"first build finished {first_build[0] - wall0:.1f} s after submit, last at {first_build[-1] - wall0:.1f} s; "
             f"first cell began at {starts[0] - wall0:.1f} s (actor start-up), last cell began at {starts[-1] - wall0:.1f} s",
+            f"idle GPU-seconds ({gpus * makespan - busy:.0f} in all, {(gpus * makespan - busy) / gpus:.1f} s of makespan): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in idle.items()),
+            f"machine CPU busy (all processes, {os.cpu_count()} cores): {sampler.busy(wall0, wall0 + 60):.0%} in the first 60 s "
+            f"(builds and worker actors starting), {sampler.busy(wall0 + 60, wall1):.0%} after",
             f"driver overhead per cell (wall outside ray.wait: dispatch + record): "
             f"{(makespan - timed.waiting) / len(cells) * 1000:.1f} ms (target < 50 ms)",
             f"driver CPU per cell: {cpu / len(cells) * 1000:.1f} ms (target < 50 ms)",

@@ -135,7 +135,7 @@ def _print_plan(p) -> None:
 @app.command()
 def query(sql: str = typer.Argument(..., help="one read-only SQL statement"), results: Path = RESULTS,
           fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json")):
-    """Run SQL on DuckDB over the results (views: cells, runs, metrics, results, leaderboard, skipped)."""
+    """Run SQL on DuckDB over the results (views: cells, runs, metrics, results, leaderboard, serving, skipped, …)."""
     from analysis.catalog import NoResults, query as run_query
 
     try:

@@ -162,6 +162,10 @@ class _Scheduler:
         self.accelerator = _ray_accelerator_type(getattr(res, "accelerator_type", None))
         self.serve_env = stage_runtime_env(res, "serve")
         self.quantize_task = ray.remote(max_retries=0)(quantize_fn)
+        # Ray reuses a task's process; a GPU build's would keep its CUDA context (bound to the GPU it
+        # had) and PyTorch's cached blocks on a GPU a cell is about to fill: GPU builds exit after one
+        # call, as Ray's own default for GPU tasks (which `.options(num_gpus=...)` does not apply)
+        self.gpu_quantize_task = ray.remote(max_retries=0, max_calls=1)(quantize_fn)
 
         @ray.remote(max_restarts=0, max_task_retries=0)
         class CellWorker:
@@ -237,7 +241,8 @@ class _Scheduler:
 
     def _submit_quantize(self, job: scheduling.QuantizeJob, attempt: int) -> None:
         opts = placement.ray_options(self._quantize_slot(job.cells[0]), self.quantize_env)
-        ref = self.quantize_task.options(**opts, name=f"quantize:{job.key}").remote(job.cells[0])
+        task = self.gpu_quantize_task if opts.get("num_gpus") else self.quantize_task
+        ref = task.options(**opts, name=f"quantize:{job.key}").remote(job.cells[0])
         self.pending[ref] = _Flight("quantize", attempt, _now(), job=job)
 
     def _spawn(self, slot: Slot, cell: Cell) -> _Worker:

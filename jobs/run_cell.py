@@ -100,12 +100,17 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     evaluations = sorted(((n, s) for n, s in json.loads(cell.evaluation).items() if s is not None),
                          key=lambda item: _EVALUATION_ORDER.index(item[0]) if item[0] in _EVALUATION_ORDER else 0)
     notes = list(engine.notes) + (["engine reused from the previous cell on this worker"] if reused else [])
+    # where the cell's time went (a vLLM cell starts two engines: offline, then `vllm serve`)
+    timings = ["engine reused" if reused else f"engine load {engine.load_seconds:.1f}"]
     for name, settings in evaluations + [("memory", {"weight_bytes_at_load": at_load})]:
+        t = time.perf_counter()
         result = run_evaluator(name, engine, settings)
+        timings.append(f"{name} {time.perf_counter() - t:.1f}")
         metrics += result.metrics
         notes += result.notes
         for table, new_rows in result.tables.items():
             rows.setdefault(table, []).extend(new_rows)
+    notes.append("seconds: " + ", ".join(timings))
     if engine.model is not None and weight_bytes(engine.model) > at_load * 1.2:
         notes.append("the engine decompressed the quantized weights at first forward (see weights_in_use_bytes)")
     table = pa.Table.from_pylist([{"metric": m.name, "value": m.value, "unit": m.unit, "direction": m.direction,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ def test_default_sweep_end_to_end(tmp_path):
     [key] = {r["artifact_key"] for r in query(results, "select artifact_key from cells where method = 'gptq' "
                                                        "and label = 'gptq w4 g64'").to_pylist()}
     assert build_count(key) == 1
+
+    # each run says where its time went: the engine's load (or reuse), then each evaluator
+    notes = [r["notes"] for r in query(results, "select notes from runs where status = 'ok'").to_pylist()]
+    assert len(notes) == 5
+    assert all(re.search(r"seconds: engine (load \d+\.\d|reused)(, \w+ \d+\.\d)*, memory \d+\.\d", n) for n in notes)
 
     board = _qmx("leaderboard", "--results", results)
     assert board.returncode == 0, board.stderr

@@ -135,6 +135,25 @@ def pa_empty_metrics():
     return pa.Table.from_pylist([], schema=METRIC_SCHEMA)
 
 
+def test_each_gpu_build_runs_in_a_process_of_its_own(cluster, tmp_path):
+    """A process that held a GPU for a build keeps its CUDA context and cached blocks: it must exit."""
+    import ray
+
+    def quantize_fn(cell):
+        time.sleep(0.3)
+        return {"built": True, "pid": os.getpid(), "gpus": ray.get_gpu_ids()}
+
+    def run_fn(cell, manifest, state):
+        return _outcome({"build": [manifest["pid"], manifest["gpus"]]})
+
+    cells = [_synthetic("hf", 1, i) for i in range(6)]            # 6 artifact keys on 4 GPUs: some GPUs build twice
+    report, runs = _drive(tmp_path, cells, {"max_retries": 0}, run_fn, quantize_fn)
+    assert report.succeeded == 6
+    builds = [json.loads(r["notes"])["build"] for r in runs]
+    assert all(len(gpus) == 1 for _, gpus in builds)
+    assert len({pid for pid, _ in builds}) == 6
+
+
 def test_vllm_tensor_parallel_runs_in_a_strict_pack_group_its_workers_land_in(cluster, tmp_path):
     import ray
 

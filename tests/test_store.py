@@ -94,3 +94,25 @@ def test_an_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
         store.record(_cell("none", 16), 1, {"status": "ok"}, _metrics(1.0))
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
     assert json.dumps(ResultStore(tmp_path, "s").attempts()) == "{}"
+
+
+def test_serving_view_and_leaderboard_read_a_real_gpu_sweep():
+    """The H100 sweep's own results store (benchmarks/results): each served cell and load level is one
+    row of the `serving` view, and the leaderboard prints them with the load profile they share."""
+    from analysis.leaderboard import leaderboard_markdown
+    from conftest import ROOT
+
+    store = ROOT / "benchmarks/results/gpu-h100-smollm2-session-b"
+    rows = query(store, "SELECT label, concurrency, ttft_ms_p50, requests_ok FROM serving").to_pylist()
+    assert [(r["label"], r["concurrency"]) for r in rows] == [
+        ("gptq w4 g64", 1), ("fp8 w8", 1), ("gptq w4 g64", 16), ("fp8 w8", 16)]     # by level, then TTFT
+    # the same figure as the raw metric row of that level
+    raw = query(store, "SELECT value FROM results WHERE label = 'gptq w4 g64' AND metric = 'serving_ttft_ms_p50' "
+                       "AND json_extract(settings, '$.concurrency') = 16").to_pylist()
+    assert rows[2]["ttft_ms_p50"] == raw[0]["value"] and all(r["requests_ok"] == 50 for r in rows)
+    board = leaderboard_markdown(store)
+    served = board[board.index("## Served latency"):]
+    assert "50 requests per level, prompt 128 tokens, 64 output tokens" in served
+    assert f"| gptq w4 g64 | c=16 closed loop | {rows[2]['ttft_ms_p50']:.1f} / " in served
+    assert "## Served latency" not in leaderboard_markdown(ROOT / "benchmarks/results/gpu-h100-smollm2-session-b",
+                                                           sweep="no-such-sweep")
