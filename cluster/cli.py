@@ -14,7 +14,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-RESULTS = typer.Option(Path("results"), "--results", "-r", help="results folder (Parquet store)")
+RESULTS = typer.Option("results", "--results", "-r", help="results store: a folder, or a URI (file://, s3://, gs://)")
 
 
 def _load(spec_path: Path):
@@ -28,8 +28,7 @@ def _load(spec_path: Path):
 
 @app.command()
 def sweep(spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
-          results: str = typer.Option("results", "--results", "-r",
-                                      help="results store: a folder, or a URI (file://, s3://, gs://)"),
+          results: str = RESULTS,
           address: str = typer.Option(None, "--address", help="Ray cluster address (default: start an embedded Ray)")):
     """Validate, expand and run a sweep; each finished cell lands in Parquet at once. Reruns resume.
     Ctrl-C stops cleanly: finished cells stay, a rerun resumes (exit code 130)."""
@@ -69,14 +68,13 @@ def sweep(spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
 def plan(spec: Path = typer.Argument(..., help="sweep spec (YAML)")):
     """Show the cells with estimated memory against the target GPU, the skipped cells with reasons,
     and the quantization jobs after dedup. Reads model configs only, never weights."""
-    from cluster.driver import plan_sweep
-    from jobs.models import read_config
+    from cluster.driver import plan_sweep, read_configs
     from matrix.plan import build_plan
 
     parsed = _load(spec)
     try:
-        configs = {m.id: read_config(m.id, m.revision, m.gguf_file) for m in parsed.models}
-        expansion = plan_sweep(parsed)
+        configs = read_configs(parsed)
+        expansion = plan_sweep(parsed, configs)
     except Exception as e:   # an unreachable hub model or unreadable config: say which, no traceback
         err.print(f"[red]cannot read the model configs: {type(e).__name__}: {e}[/red]", highlight=False)
         raise typer.Exit(2)
@@ -133,7 +131,7 @@ def _print_plan(p) -> None:
 
 
 @app.command()
-def query(sql: str = typer.Argument(..., help="one read-only SQL statement"), results: Path = RESULTS,
+def query(sql: str = typer.Argument(..., help="one read-only SQL statement"), results: str = RESULTS,
           fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json")):
     """Run SQL on DuckDB over the results (views: cells, runs, metrics, results, leaderboard, serving, skipped, …)."""
     from analysis.catalog import NoResults, query as run_query
@@ -162,7 +160,7 @@ def query(sql: str = typer.Argument(..., help="one read-only SQL statement"), re
 
 
 @app.command()
-def leaderboard(results: Path = RESULTS, sweep: str = typer.Option(None, "--sweep", help="one sweep only")):
+def leaderboard(results: str = RESULTS, sweep: str = typer.Option(None, "--sweep", help="one sweep only")):
     """Print the ranked leaderboard as Markdown."""
     from analysis.catalog import NoResults
     from analysis.leaderboard import leaderboard_markdown

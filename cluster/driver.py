@@ -46,12 +46,17 @@ class SweepReport:
     workers_started: int = 0          # cell actors started (fewer than cells: workers are reused)
 
 
-def plan_sweep(spec: SweepSpec) -> Expansion:
-    """Expand the spec against each model's config; cells whose backend this build lacks are skipped."""
+def read_configs(spec: SweepSpec) -> dict[str, dict]:
+    """Each model's config.json (a hub download, a GGUF header, or a builtin's folder)."""
     from jobs.models import read_config
+    return {m.id: read_config(m.id, m.revision, m.gguf_file) for m in spec.models}
+
+
+def plan_sweep(spec: SweepSpec, configs: dict[str, dict] | None = None) -> Expansion:
+    """Expand the spec against each model's config; cells whose backend this build lacks are skipped."""
     from jobs.quantize import backend_names, unavailable_reason
 
-    configs = {m.id: read_config(m.id, m.revision, m.gguf_file) for m in spec.models}
+    configs = configs if configs is not None else read_configs(spec)
     expansion = expand_matrix(spec, configs)
     # with a quantize-stage runtime env the libraries live there, not in the driver's environment
     stage_env = getattr(getattr(spec.resources, "runtime_env", None), "quantize", None) is not None
@@ -159,7 +164,8 @@ class _Scheduler:
         self.quantize_cost = quantize_cost_fn or scheduling.estimate_quantize_cost
         self.needs_artifact, self.reusable = needs_artifact, reusable
         self.gpu_cluster = cluster.gpus > 0
-        self.accelerator = _ray_accelerator_type(getattr(res, "accelerator_type", None))
+        self.accelerator_spec = getattr(res, "accelerator_type", None)
+        self.accelerator = _ray_accelerator_type(self.accelerator_spec)
         self.serve_env = stage_runtime_env(res, "serve")
         self.quantize_task = ray.remote(max_retries=0)(quantize_fn)
         # Ray reuses a task's process; a GPU build's would keep its CUDA context (bound to the GPU it
@@ -215,7 +221,7 @@ class _Scheduler:
     def check(self, cells: list[Cell]) -> None:
         """Fail before running when no node offers the accelerator type or a cell's resources."""
         nodes = self.cluster.per_node
-        placement.check_accelerator(nodes, self.accelerator, self.gpu_cluster)
+        placement.check_accelerator(nodes, self.accelerator, self.gpu_cluster, self.accelerator_spec)
         slots = {self._cell_slot(c) for c in cells}
         slots |= {self._quantize_slot(c) for c in cells if self.needs_artifact(c)}
         placement.check_fits(nodes, slots)

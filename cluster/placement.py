@@ -86,13 +86,17 @@ def _offered(nodes: Sequence[dict[str, float]]) -> list[str]:
     return sorted({k.removeprefix(ACCELERATOR_PREFIX) for n in nodes for k in n if k.startswith(ACCELERATOR_PREFIX)})
 
 
-def check_accelerator(nodes: Sequence[dict[str, float]], accelerator_type: str | None, gpu_cluster: bool) -> None:
-    """Fail before anything runs when the spec pins an accelerator type no node offers."""
+def check_accelerator(nodes: Sequence[dict[str, float]], accelerator_type: str | None, gpu_cluster: bool,
+                      spec_name: str | None = None) -> None:
+    """Fail before anything runs when the spec pins an accelerator type no node offers
+    (`accelerator_type`: Ray's name for it; `spec_name`: the spec's, when they differ)."""
     if not accelerator_type or not gpu_cluster:
         return
     offered = _offered(nodes)
     if accelerator_type not in offered:
-        raise PlacementError(f"resources.accelerator_type {accelerator_type!r}: no node of the cluster offers it; "
+        named = repr(spec_name or accelerator_type) + (f" (Ray: {accelerator_type!r})"
+                                                        if spec_name and spec_name != accelerator_type else "")
+        raise PlacementError(f"resources.accelerator_type {named}: no node of the cluster offers it; "
                              f"offered: {', '.join(offered) or 'none (Ray detected no accelerator type)'}")
 
 

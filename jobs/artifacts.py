@@ -33,7 +33,7 @@ def artifacts_dir() -> Path:
     return cache_root() / "artifacts"
 
 
-def _dir_bytes(path: Path, suffix: str = "") -> int:
+def dir_bytes(path: Path, suffix: str = "") -> int:
     return sum(f.stat().st_size for f in path.rglob(f"*{suffix}") if f.is_file())
 
 
@@ -108,8 +108,8 @@ def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in cell.options},
             "calibration": calibration.record if calibration else None,
             "quantize_seconds": seconds,
-            "size_bytes": _dir_bytes(tmp), "weights_bytes": _dir_bytes(tmp, ".safetensors"),
-            "base_weights_bytes": _dir_bytes(Path(base), ".safetensors") if Path(base).is_dir() else None,
+            "size_bytes": dir_bytes(tmp), "weights_bytes": dir_bytes(tmp, ".safetensors"),
+            "base_weights_bytes": dir_bytes(Path(base), ".safetensors") if Path(base).is_dir() else None,
             **memory,
             "library_versions": library_versions(backend.libraries), "host": socket.gethostname(),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -32,7 +32,8 @@ def _evals_source(kind: str) -> Callable[[], list[str]]:
     return load
 
 
-def _hub_dataset(path: str, name: str | None, split: str, text_field: str = "text") -> Callable[[], list[str]]:
+def _hub_dataset(path: str, name: str | None, split: str, text_field: str = "text",
+                 drop_empty: bool = True) -> Callable[[], list[str]]:
     def load() -> list[str]:
         import datasets  # the hub path; needs network or a warm HF cache
         try:
@@ -42,7 +43,7 @@ def _hub_dataset(path: str, name: str | None, split: str, text_field: str = "tex
                                f"({type(err).__name__}: {str(err)[:200]})") from err
         if text_field not in rows.column_names:
             raise KeyError(f"corpus hf:{path}: no field {text_field!r}; fields: {', '.join(rows.column_names)}")
-        return [t for t in rows[text_field] if isinstance(t, str) and t.strip()]
+        return [t for t in rows[text_field] if isinstance(t, str) and (t.strip() or not drop_empty)]
     return load
 
 
@@ -77,7 +78,8 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
     Corpus("evals-c4", "50 C4 web documents from the `evals` package (text_compression)", _evals_source("c4")),
     Corpus("evals-openwebtext", "50 OpenWebText documents from the `evals` package", _evals_source("openwebtext")),
     Corpus("wikitext2", "WikiText-2 raw test split from the HF hub (the GPTQ/AWQ papers' setting)",
-           _hub_dataset("wikitext", "wikitext-2-raw-v1", "test")),
+           # the papers join every row, empty ones included: "\n\n".join(test["text"])
+           _hub_dataset("wikitext", "wikitext-2-raw-v1", "test", drop_empty=False)),
 )}
 
 

@@ -123,5 +123,11 @@ def read_config(model_id: str, revision: str | None = None, gguf_file: str | Non
     local = Path(path) / "config.json"
     if local.is_file():
         return json.loads(local.read_text())
+    if Path(path).exists():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers checkpoint")
     from huggingface_hub import hf_hub_download
-    return json.loads(Path(hf_hub_download(path, "config.json", revision=revision)).read_text())
+    try:
+        return json.loads(Path(hf_hub_download(path, "config.json", revision=revision)).read_text())
+    except Exception as err:   # offline, missing repo, gated: name the checkpoint and why
+        raise RuntimeError(f"checkpoint {path!r}: cannot read its config.json "
+                           f"({type(err).__name__}: {str(err)[:200]})") from err

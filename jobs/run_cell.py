@@ -81,7 +81,6 @@ def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
 
 
 def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> CellOutcome:
-    from jobs.evaluate.memory import weight_bytes
     from jobs.process_memory import reset_peaks
 
     _set_threads()
@@ -89,7 +88,6 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     start = time.perf_counter()
     manifest = manifest or ensure_artifact(cell)
     engine, reused = _engine_for(cell, manifest, state if state is not None else {})
-    at_load = engine.weight_bytes_at_load
     metrics: list[Metric] = []
     rows: dict[str, list[dict[str, Any]]] = {}
     # load-time methods quantize while loading: that load is their quantization time
@@ -102,7 +100,7 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     notes = list(engine.notes) + (["engine reused from the previous cell on this worker"] if reused else [])
     # where the cell's time went (a vLLM cell starts two engines: offline, then `vllm serve`)
     timings = ["engine reused" if reused else f"engine load {engine.load_seconds:.1f}"]
-    for name, settings in evaluations + [("memory", {"weight_bytes_at_load": at_load})]:
+    for name, settings in evaluations + [("memory", {})]:
         t = time.perf_counter()
         result = run_evaluator(name, engine, settings)
         timings.append(f"{name} {time.perf_counter() - t:.1f}")
@@ -111,8 +109,6 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
         for table, new_rows in result.tables.items():
             rows.setdefault(table, []).extend(new_rows)
     notes.append("seconds: " + ", ".join(timings))
-    if engine.model is not None and weight_bytes(engine.model) > at_load * 1.2:
-        notes.append("the engine decompressed the quantized weights at first forward (see weights_in_use_bytes)")
     table = pa.Table.from_pylist([{"metric": m.name, "value": m.value, "unit": m.unit, "direction": m.direction,
                                    "settings": m.settings} for m in metrics], schema=METRIC_SCHEMA)
     import torch

@@ -38,8 +38,9 @@ _TABLE: tuple[Accelerator, ...] = (
     Accelerator("H20", 96, 4000, _DC.format("H20 (96GB HBM3)"), r"H20\b"),
     Accelerator("A100-80G-PCIe", 80, 1935, _DC.format("A100 Tensor Core GPU (PCIe 80GB HBM2e)"),
                 r"A100.*80\s*GB.*PCIe", "A100"),
-    Accelerator("A100-80G", 80, 2039, _DC.format("A100 Tensor Core GPU (SXM4 80GB HBM2e)"), r"A100.*80\s*GB"),
-    Accelerator("A100-40G", 40, 1555, _DC.format("A100 Tensor Core GPU (SXM4 40GB HBM2)"), r"A100"),
+    Accelerator("A100-80G", 80, 2039, _DC.format("A100 Tensor Core GPU (SXM4 80GB HBM2e)"), r"A100.*80\s*GB",
+                "A100"),
+    Accelerator("A100-40G", 40, 1555, _DC.format("A100 Tensor Core GPU (SXM4 40GB HBM2)"), r"A100", "A100"),
     # Ray reports every A100 as "A100": the 40GB figures are the safe assumption for fit checks
     Accelerator("A100", 40, 1555, _DC.format("A100 Tensor Core GPU (40GB)"), r"$^"),
     Accelerator("L40S", 48, 864, _DC.format("L40S GPU (48GB GDDR6)"), r"L40S"),

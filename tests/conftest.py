@@ -35,3 +35,15 @@ def tiny_spec(name: str, **overrides) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+def baseline_engine(model: str):
+    """The hf engine of `model`'s unquantized cell, loaded as a sweep would load it."""
+    from jobs.artifacts import ensure_artifact
+    from jobs.engines import load_engine
+    from matrix import expand_matrix
+    from matrix.spec import parse_spec
+
+    spec = parse_spec(tiny_spec("baseline", models=[{"id": model}], methods=[{"method": "none"}]))
+    cell = expand_matrix(spec, {}).cells[0]
+    return load_engine(cell, ensure_artifact(cell))

@@ -104,7 +104,7 @@ def test_tensor_parallel_cell_holds_two_gpus_of_one_node_of_the_asked_type(clust
 
 def test_an_accelerator_no_node_offers_fails_before_anything_runs(cluster, tmp_path):
     spec = parse_spec(tiny_spec("no-a100", resources={"cpus_per_cell": 1, "accelerator_type": "A100-80G"}))
-    with pytest.raises(PlacementError, match="'A100-80G': no node of the cluster offers it; offered: H100, L4"):
+    with pytest.raises(PlacementError, match=r"'A100-80G' \(Ray: 'A100'\): no node of the cluster offers it; offered: H100, L4"):
         run_sweep(spec, tmp_path)
     assert not list(tmp_path.rglob("*.parquet"))
 

@@ -11,6 +11,8 @@ import pytest
 from jobs.evaluate import TABLE_SCHEMAS, run_evaluator
 from jobs.evaluate.prompts import read_prompts
 
+from conftest import baseline_engine
+
 EXAMPLE = "matrix/specs/prompts-example.jsonl"
 
 
@@ -32,17 +34,6 @@ def test_ids_default_to_line_numbers_and_must_be_unique(tmp_path):
         read_prompts(str(f))
 
 
-def _engine(model: str):
-    from conftest import tiny_spec
-    from jobs.artifacts import ensure_artifact
-    from jobs.engines import load_engine
-    from matrix import expand_matrix
-    from matrix.spec import parse_spec
-
-    cell = expand_matrix(parse_spec(tiny_spec("prompts", models=[{"id": model}], methods=[{"method": "none"}])), {}).cells[0]
-    return load_engine(cell, ensure_artifact(cell))
-
-
 def _direct(engine, prompt: str, n: int) -> str:
     import torch
     enc = engine.tokenizer(prompt, return_tensors="pt")
@@ -53,7 +44,7 @@ def _direct(engine, prompt: str, n: int) -> str:
 
 @pytest.mark.parametrize("model", ["builtin:tiny-llama", "builtin:smollm2-135m-instruct"])
 def test_generations_match_direct_greedy_generation(model):
-    engine = _engine(model)
+    engine = baseline_engine(model)
     settings = {"path": EXAMPLE, "max_new_tokens": 6, "limit": 3}
     result = run_evaluator("prompts", engine, settings)
     rows = result.tables["generations"]

@@ -18,6 +18,8 @@ from jobs.serving.openai_stream import Chunk, SSEDecoder, StreamResult, parse_ev
 from jobs.serving.stats import (PERCENTILES, RequestSample, chunk_token_counts, meets_sla, percentile,
                                 request_sample, summarize)
 
+from conftest import baseline_engine
+
 
 def words(text: str) -> int:
     """A stand-in tokenizer for scripted servers: one token per space-separated word."""
@@ -203,26 +205,14 @@ def test_open_loop_respects_rate_and_concurrency_cap():
 
 # --- the transformers server on real models ----------------------------------------------------
 
-def _engine(model: str):
-    from jobs.artifacts import ensure_artifact
-    from jobs.engines import load_engine
-    from matrix import expand_matrix
-    from matrix.spec import parse_spec
-    from conftest import tiny_spec
-
-    spec = parse_spec(tiny_spec("serving", models=[{"id": model}], methods=[{"method": "none"}]))
-    cell = expand_matrix(spec, {}).cells[0]
-    return load_engine(cell, ensure_artifact(cell))
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return _engine("builtin:tiny-llama")
+    return baseline_engine("builtin:tiny-llama")
 
 
 @pytest.fixture(scope="module")
 def smol():
-    return _engine("builtin:smollm2-135m-instruct")
+    return baseline_engine("builtin:smollm2-135m-instruct")
 
 
 def _direct_greedy(engine, ids: list[int], n: int) -> str:

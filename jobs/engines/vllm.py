@@ -8,13 +8,13 @@ arguments (`jobs.serving.vllm_server`), so both measure the same configuration.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from jobs.artifacts import dir_bytes
 from jobs.engines import Engine
-from jobs.models import materialize
+from jobs.models import materialize, read_config
 
 # engine arguments every cell shares; the served-latency evaluator reuses them for `vllm serve`
 GPU_MEMORY_UTILIZATION = 0.85
@@ -25,8 +25,7 @@ LOAD_TIME_BACKENDS = ("bitsandbytes",)  # quantize-at-load methods this engine d
 
 def engine_args(cell, path: str) -> dict[str, Any]:
     """`vllm.LLM` keyword arguments for `cell`; `vllm serve` gets the same as flags."""
-    config = json.loads((Path(path) / "config.json").read_text()) if (Path(path) / "config.json").is_file() else {}
-    max_len = min(MAX_MODEL_LEN, config.get("max_position_embeddings", MAX_MODEL_LEN))
+    max_len = min(MAX_MODEL_LEN, read_config(path).get("max_position_embeddings", MAX_MODEL_LEN))
     args = {"model": path, "tokenizer": path, "dtype": "bfloat16", "kv_cache_dtype": cell.kv_cache_dtype,
             "tensor_parallel_size": cell.tensor_parallel_size, "trust_remote_code": cell.trust_remote_code,
             "gpu_memory_utilization": GPU_MEMORY_UTILIZATION, "max_model_len": max_len, "seed": 0,
@@ -38,8 +37,12 @@ def engine_args(cell, path: str) -> dict[str, Any]:
 
 
 def checkpoint_bytes(path: str) -> int:
-    """Bytes of the checkpoint's weight files: what vLLM loads onto the GPU (packed where quantized)."""
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    """Bytes of the checkpoint's weight files: what vLLM loads onto the GPU (packed where quantized).
+    A hub checkpoint (prequantized) is read from the local snapshot vLLM has just downloaded."""
+    if not Path(path).is_dir():
+        from huggingface_hub import snapshot_download
+        path = snapshot_download(path, local_files_only=True)
+    return dir_bytes(Path(path), ".safetensors")
 
 
 def load(cell, manifest: dict[str, Any]) -> Engine:

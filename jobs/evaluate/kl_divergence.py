@@ -64,7 +64,6 @@ def _window_logprobs(model, window: list[int], new: int, device: str):
 
 def _rest_logmass(logprobs, idx):
     """log of the probability mass outside `idx` per row, computed without cancellation."""
-    import torch
     return logprobs.scatter(1, idx, float("-inf")).logsumexp(dim=-1)
 
 

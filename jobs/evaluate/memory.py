@@ -3,15 +3,14 @@
 weight_bytes counts every parameter and buffer once, floating tensors at most 2 bytes per
 element: the width they are stored and served in (the CPU engine upcasts to fp32 to compute).
 Quantized tensors (int8, packed 4-bit) count at their real size. It is measured right after
-load (the caller passes `weight_bytes_at_load`): transformers' compressed-tensors path
-decompresses packed weights at the first forward, and `weights_in_use_bytes` then shows it.
+load (the engine's `weight_bytes_at_load`): transformers' compressed-tensors path decompresses
+packed weights at the first forward, and `weights_in_use_bytes` then shows it (and a note says so).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from jobs.evaluate import Metric
+from jobs.evaluate import Evaluation, Metric
 from jobs.process_memory import peak_rss_bytes
 
 
@@ -36,13 +35,14 @@ def _vllm(engine) -> list[Metric]:
                       gpu_memory_utilization=args["gpu_memory_utilization"], max_model_len=args["max_model_len"])]
 
 
-def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
+def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     import torch
 
     if engine.name == "vllm":
-        return _vllm(engine)
-    in_use = weight_bytes(engine.model)
-    at_load = settings.get("weight_bytes_at_load", in_use)
+        return Evaluation(_vllm(engine))
+    in_use, at_load = weight_bytes(engine.model), engine.weight_bytes_at_load
+    notes = ("the engine decompressed the quantized weights at first forward (see weights_in_use_bytes)",) \
+        if in_use > at_load * 1.2 else ()
     out = [Metric.of("weight_bytes", at_load, "bytes", "lower", floats_counted_at="16-bit", measured="after load"),
            Metric.of("weights_in_use_bytes", in_use, "bytes", "lower", floats_counted_at="16-bit",
                      measured="after evaluation")]
@@ -52,4 +52,4 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     else:
         out.append(Metric.of("peak_memory_bytes", peak_rss_bytes(), "bytes", "lower",
                              kind="process peak RSS (VmHWM) since the cell started"))
-    return out
+    return Evaluation(out, notes=notes)

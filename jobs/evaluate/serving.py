@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobs.corpora import load_corpus
 from jobs.evaluate import Evaluation, Metric
+from jobs.evaluate.perplexity import corpus_token_ids
 from jobs.serving import serve, server_batching
 from jobs.serving.loadgen import LevelRun, LoadLevel, corpus_prompts, run_levels
 from jobs.serving.stats import summarize
@@ -35,8 +35,7 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     n, rate = int(cfg["requests_per_level"]), cfg["request_rate"]
     levels = [LoadLevel(int(c), n, None if rate is None else float(rate)) for c in cfg["concurrency"]]
     tok = engine.tokenizer
-    text = "\n\n".join(load_corpus(cfg["corpus"]))
-    prompts = corpus_prompts(tok(text, add_special_tokens=False)["input_ids"], int(cfg["prompt_tokens"]),
+    prompts = corpus_prompts(corpus_token_ids(tok, cfg["corpus"], None), int(cfg["prompt_tokens"]),
                              WARMUP + n * len(levels))
 
     def count_tokens(s: str) -> int:

@@ -1,7 +1,8 @@
 """Offline speed: batch-1 decode, optional batched throughput, MBU and energy on GPUs.
 
 decode tokens/s = (N - 1) / (t(N) - t(1)): generating 1 token is the prefill (TTFT), the
-difference is pure decode. Medians over `repeats` runs after one warm-up.
+difference is pure decode. Medians over `repeats` runs after one warm-up, each run on a prompt of
+its own (distinct corpus windows, so no prefix cache serves a prefill).
 
 Batched throughput (`batch_prompts` > 0): that many prompts of `prompt_tokens` at once, each
 generating exactly `new_tokens` (EOS ignored); output tokens/s = all generated tokens / wall time.
@@ -20,8 +21,10 @@ import statistics
 import time
 from typing import Any, Callable
 
-from jobs.corpora import load_corpus
 from jobs.evaluate import Metric
+from jobs.evaluate.perplexity import corpus_token_ids
+from jobs.models import read_config
+from matrix.estimate import KV_BYTES, Shape
 
 
 def _hf_generate(engine) -> Callable[[list[list[int]], int], None]:
@@ -81,15 +84,6 @@ class _EnergyMeter:
         return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
 
 
-def kv_bytes_per_token(config: dict[str, Any], kv_dtype: str) -> float:
-    """K and V of every layer for one token, at the KV cache's element width."""
-    heads = config.get("num_attention_heads", 1)
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    kv_heads = config.get("num_key_value_heads", heads)
-    width = 1 if kv_dtype.startswith("fp8") else 2
-    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * width
-
-
 def _mbu(engine, tpot_s: float, context: float) -> list[Metric]:
     from matrix.hardware import accelerator_for_device_name
     import torch
@@ -97,8 +91,8 @@ def _mbu(engine, tpot_s: float, context: float) -> list[Metric]:
     gpu = accelerator_for_device_name(torch.cuda.get_device_name())
     if gpu is None or not engine.weight_bytes_at_load:
         return []
-    config = engine.info.get("model_config") or _read_config(engine)
-    kv = kv_bytes_per_token(config, engine.info.get("kv_cache_dtype", "auto")) * context
+    shape = Shape.from_config(read_config(engine.base_path, engine.base_revision))
+    kv = shape.kv_bytes_per_token(KV_BYTES.get(engine.info.get("kv_cache_dtype", "auto"), 2)) * context if shape else 0
     step_bytes = engine.weight_bytes_at_load + kv
     return [Metric.of("mbu", step_bytes / tpot_s / (gpu.bandwidth_gbps * 1e9), "fraction", "higher",
                       gpu=gpu.name, peak_bandwidth_gbps=gpu.bandwidth_gbps, weight_bytes=engine.weight_bytes_at_load,
@@ -106,40 +100,33 @@ def _mbu(engine, tpot_s: float, context: float) -> list[Metric]:
                       bandwidth_table="matrix.hardware")]
 
 
-def _read_config(engine) -> dict[str, Any]:
-    import json
-    from pathlib import Path
-
-    path = engine.info.get("engine_args", {}).get("model") or engine.base_path
-    return json.loads((Path(path) / "config.json").read_text())
-
-
 def _distinct_prompts(tokenizer, n_prompt: int, count: int) -> list[list[int]]:
-    pool = tokenizer("\n\n".join(load_corpus("evals-wikipedia")), add_special_tokens=False)["input_ids"]
-    starts = range(0, len(pool) - n_prompt, n_prompt)
-    if len(starts) < count:
-        raise ValueError(f"speed.batch_prompts={count} needs {count * n_prompt} corpus tokens; "
-                         f"evals-wikipedia has {len(pool)}")
-    return [pool[s:s + n_prompt] for s in list(starts)[:count]]
+    """`count` different windows of `n_prompt` corpus tokens: no engine can serve one's prefill from a
+    prefix cache of another (vLLM caches prefixes by default)."""
+    pool = corpus_token_ids(tokenizer, "evals-wikipedia", None)
+    if len(pool) < count * n_prompt:
+        raise ValueError(f"speed: {count} prompts of prompt_tokens={n_prompt} need {count * n_prompt} corpus "
+                         f"tokens (lower speed.batch_prompts or speed.prompt_tokens); evals-wikipedia has {len(pool)}")
+    return [pool[i * n_prompt:(i + 1) * n_prompt] for i in range(count)]
 
 
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     n_prompt, n_new, repeats = settings["prompt_tokens"], settings["new_tokens"], settings["repeats"]
     generate = _GENERATORS[engine.name](engine)
-    ids = engine.tokenizer(load_corpus("evals-wikipedia")[0], add_special_tokens=False)["input_ids"][:n_prompt]
-    generate([ids], 2)      # warm-up
+    warm, *fresh = _distinct_prompts(engine.tokenizer, n_prompt, 1 + 2 * repeats)   # a new prompt per run
+    generate([warm], 2)
     meter = _EnergyMeter() if engine.device == "cuda" else None
     ttft, full, joules = [], [], []
-    for _ in range(repeats):
-        ttft.append(_timed(lambda: generate([ids], 1)))
+    for r in range(repeats):
+        ttft.append(_timed(lambda: generate([fresh[2 * r]], 1)))
         before = meter.read() if meter else None
-        full.append(_timed(lambda: generate([ids], n_new)))
+        full.append(_timed(lambda: generate([fresh[2 * r + 1]], n_new)))
         if before is not None:
             joules.append(meter.read() - before)
     t1, tn = statistics.median(ttft), statistics.median(full)
     tpot = max(tn - t1, 1e-9) / (n_new - 1)
     common = dict(batch=1, prompt_tokens=n_prompt, new_tokens=n_new, repeats=repeats, device=engine.device,
-                  compute_dtype=engine.compute_dtype, engine=engine.name)
+                  compute_dtype=engine.compute_dtype, engine=engine.name, prompts="distinct")
     out = [
         Metric.of("decode_tokens_per_s", 1 / tpot, "tok/s", "higher", **common),
         Metric.of("ttft_ms", t1 * 1000, "ms", "lower", **common),
@@ -151,7 +138,6 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
                              source="nvml total energy, whole board", **common))
     batch = settings.get("batch_prompts") or 0
     if batch:
-        # distinct prompts, so no engine can serve their prefill from a prefix cache
         prompts = _distinct_prompts(engine.tokenizer, n_prompt, batch)
         generate(prompts[:8], 2)      # warm the batched path
         seconds = _timed(lambda: generate(prompts, n_new))

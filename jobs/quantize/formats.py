@@ -5,8 +5,6 @@ the format the weights are really stored in, whoever wrote them.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 
@@ -48,18 +46,3 @@ def describe_quantization(qc: dict[str, Any] | None) -> str:
     method = str(qc.get("quant_method", "unknown"))
     describe = _DESCRIBERS.get(method)
     return describe(qc) if describe else method
-
-
-def read_config(path_or_id: str, revision: str | None = None) -> dict[str, Any]:
-    """config.json of a local folder or a hub checkpoint (the hub path downloads that one file)."""
-    local = Path(path_or_id) / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text())
-    if Path(path_or_id).exists():
-        raise FileNotFoundError(f"{path_or_id} has no config.json: not a transformers checkpoint")
-    from huggingface_hub import hf_hub_download
-    try:
-        return json.loads(Path(hf_hub_download(path_or_id, "config.json", revision=revision)).read_text())
-    except Exception as err:   # offline, missing repo, gated: name the checkpoint and why
-        raise RuntimeError(f"checkpoint {path_or_id!r}: cannot read its config.json "
-                           f"({type(err).__name__}: {str(err)[:200]})") from err

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.models import read_config as read_model_config
+from jobs.models import read_config
 from jobs.quantize import Backend
-from jobs.quantize.formats import describe_quantization, read_config
+from jobs.quantize.formats import describe_quantization
 from matrix import Cell
 
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
@@ -42,7 +42,7 @@ def _resolve(cell: Cell) -> dict[str, Any]:
     if not qc:
         raise ValueError(f"checkpoint {checkpoint!r} has no quantization_config in its config.json: not a "
                          "quantized checkpoint (use method none for the base model)")
-    base = read_model_config(cell.model, cell.revision)
+    base = read_config(cell.model, cell.revision, cell.gguf_file)
     differ = {k: (config.get(k), base.get(k)) for k in _SHAPE_KEYS if config.get(k) != base.get(k)}
     if differ:
         raise ValueError(f"checkpoint {checkpoint!r} is not a quantization of {cell.model}: "
