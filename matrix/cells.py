@@ -1,7 +1,8 @@
 """Cells and their stable identities.
 
 `cell_id` hashes every dimension of a cell; `artifact_key` hashes only what changes the
-quantized weights, so cells that differ in KV dtype, engine or evaluation share one artifact.
+quantized weights, so cells that differ in KV dtype, engine, evaluation or a load-time option
+(a GPTQ kernel) share one artifact.
 Both hash canonical JSON (sorted keys, spec defaults filled in, method options equal to their
 backend default left out), so key order in the YAML and defaults written or left out give the same ids.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property, lru_cache
 from typing import Any
 
-from matrix.methods import canonical_options
+from matrix.methods import artifact_options, canonical_options
 
 
 def _digest(obj: Any, n: int = 12) -> str:
@@ -66,8 +67,8 @@ class Cell:
     @cached_property
     def artifact_key(self) -> str:
         d = self._identity()
-        key = {k: d[k] for k in ("model", "revision", "method", "backend", "bits", "group_size", "options",
-                                 "calibration")}
+        key = {k: d[k] for k in ("model", "revision", "method", "backend", "bits", "group_size", "calibration")}
+        key["options"] = dict(artifact_options(self.method, self.options))
         if self.gguf_file is not None:   # only when set: keeps the keys of existing cached artifacts
             key["gguf_file"] = self.gguf_file
         return _digest(key)

@@ -19,6 +19,8 @@ class OptionInfo:
     default: Any = _NO_DEFAULT          # the backend's value when the option is left out
     required: bool = False
     description: str = ""
+    backends: tuple[str, ...] = ()      # the backends it applies to; empty: all of the method's
+    at_load: bool = False               # how a checkpoint is loaded, not what it holds: not in the artifact key
 
     @property
     def has_default(self) -> bool:
@@ -52,6 +54,11 @@ def _ignore(default: tuple[str, ...] = ("lm_head",)) -> OptionInfo:
 
 
 _SYMMETRIC = OptionInfo("symmetric", "bool", description="symmetric integer grid (no zero points)")
+# GPTQModel's kernel for a GPTQ-format checkpoint on the hf engine (vLLM picks its own). `auto` is
+# GPTQModel's pick by device: Machete on Hopper, which downloads CUTLASS source at first use.
+_KERNEL = OptionInfo("kernel", "choice", ("auto", "marlin", "machete", "exllama_v2", "triton", "torch"),
+                     default="auto", backends=("gptqmodel", "autogptq"), at_load=True,
+                     description="GPTQModel kernel on the hf engine (auto: GPTQModel's pick; vLLM picks its own)")
 _SKIP = OptionInfo("skip_modules", "modules",
                    description="modules kept in 16-bit; transformers keeps lm_head by default")
 _BNB4 = (OptionInfo("double_quant", "bool", default=False, description="quantize the absmax constants too"),
@@ -91,7 +98,7 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                                    description="activation order (desc_act)"),
                         OptionInfo("dampening_frac", "float", default=0.01, description="Hessian damping"),
                         OptionInfo("symmetric", "bool", default=True, description=_SYMMETRIC.description),
-                        _ignore()),
+                        _ignore(), _KERNEL),
                description="GPTQ weight-only quantization with second-order error correction"),
     MethodInfo("awq", (4,), ("llmcompressor", "autoawq"), grouped=True, calibrated=True, artifact=True,
                options=(_SYMMETRIC, _ignore()),
@@ -121,3 +128,10 @@ def canonical_options(method: str, options: tuple[tuple[str, Any], ...]) -> tupl
         if default is _NO_DEFAULT or value != default:
             out.append((name, value))
     return tuple(out)
+
+
+def artifact_options(method: str, options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The canonical options that change the quantized weights (load-time ones left out)."""
+    info = METHODS[method]
+    return tuple((n, v) for n, v in canonical_options(method, options)
+                 if (opt := info.option(n)) is None or not opt.at_load)

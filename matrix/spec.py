@@ -91,6 +91,11 @@ class MethodSpec(_Strict):
         if self.backend is not None and self.backend not in info.backends:
             raise ValueError(f"backend {self.backend!r} does not implement {self.method}; "
                              f"allowed: {', '.join(info.backends)}")
+        for name in self.options:
+            opt = info.option(name)
+            if opt.backends and (self.backend or info.backends[0]) not in opt.backends:
+                raise ValueError(f"option {name} applies to backend {', '.join(opt.backends)}, not "
+                                 f"{self.backend or info.backends[0]!r}")
         for g in self.group_size or []:
             if g not in GROUP_SIZES:
                 raise ValueError(f"group_size {g} not allowed; allowed: {', '.join(map(str, GROUP_SIZES))}")
@@ -310,7 +315,9 @@ def spec_json_schema() -> dict[str, Any]:
         "writes_artifact": m.artifact,
         "options": {o.name: {"kind": o.kind, "description": o.description, "required": o.required,
                              **({"choices": list(o.choices)} if o.choices else {}),
-                             **({"default": o.default} if o.has_default else {})} for o in m.options},
+                             **({"default": o.default} if o.has_default else {}),
+                             **({"backends": list(o.backends)} if o.backends else {}),
+                             **({"at_load": True} if o.at_load else {})} for o in m.options},
     } for m in METHODS.values()}
     schema["x-match-keys"] = list(MATCH_KEYS)
     return schema

@@ -13,6 +13,7 @@ import pytest
 from jobs.artifacts import BUILD_LOG, ensure_artifact
 from jobs.corpora import load_corpus, resolve_corpus
 from jobs.engines import load_engine
+from jobs.engines.hf import linear_kernels
 from jobs.evaluate import run_evaluator
 from jobs.quantize import backend_names, get_backend, unavailable_reason
 from matrix import Cell
@@ -35,10 +36,11 @@ def make_cell(method: str, backend: str, bits: int, group: int | None = None, mo
                 evaluation=json.dumps({"perplexity": PPL}))
 
 
-def perplexity_of(cell: Cell, manifest: dict) -> float:
+def perplexity_of(cell: Cell, manifest: dict, settings: dict = PPL) -> tuple[float, dict[str, int]]:
+    """(perplexity, quantized linear layers by class) of the cell's model on the hf engine."""
     engine = load_engine(cell, manifest)
     try:
-        return run_evaluator("perplexity", engine, PPL).metrics[0].value
+        return run_evaluator("perplexity", engine, settings).metrics[0].value, linear_kernels(engine.model)
     finally:
         engine.close()
 
@@ -135,7 +137,9 @@ def test_three_concurrent_builders_of_one_key_build_it_once(tmp_path):
 @pytest.fixture(scope="module")
 def baseline_ppl() -> float:
     cell = make_cell("none", "none", 16)
-    return perplexity_of(cell, ensure_artifact(cell))
+    ppl, kernels = perplexity_of(cell, ensure_artifact(cell))
+    assert not kernels, kernels
+    return ppl
 
 
 # (cell, the format the manifest must name); grouped methods at group 64: SmolLM2's 576 is not a multiple of 128
@@ -162,10 +166,25 @@ def test_cpu_backend_quantizes_saves_reloads_within_3x_baseline(case, baseline_p
         assert all(v != "not installed" for v in manifest["library_versions"].values())
         if cell.method == "awq":   # the CPU workaround is visible, not hidden
             assert any("pin_memory" in n for n in manifest["notes"])
-    ppl = perplexity_of(cell, manifest)
+    ppl, kernels = perplexity_of(cell, manifest)
     print(f"{case}: perplexity {ppl:.3f} (baseline {baseline_ppl:.3f}), format {manifest['format']}, "
-          f"quantize_seconds {manifest['quantize_seconds']}")
+          f"quantize_seconds {manifest['quantize_seconds']}, kernels {kernels}")
+    # transformers decompresses compressed-tensors checkpoints into dense Linear layers
+    assert bool(kernels) != fmt.startswith("compressed-tensors"), kernels
     assert baseline_ppl * 0.99 <= ppl <= 3 * baseline_ppl
+
+
+def test_gptq_kernel_is_chosen_at_load_from_the_same_checkpoint():
+    auto = CPU_CASES["gptq-gptqmodel"][0]
+    torch_kernel = make_cell("gptq", "gptqmodel", 4, 64, kernel="torch")
+    manifest = ensure_artifact(torch_kernel)
+    assert manifest["path"] == ensure_artifact(auto)["path"]    # no second quantization
+    short = PPL | {"max_tokens": 512}      # two loads of one checkpoint: the kernels, not the quality
+    auto_ppl, auto_kernels = perplexity_of(auto, manifest, short)
+    ppl, kernels = perplexity_of(torch_kernel, manifest, short)
+    print(f"gptqmodel kernels on CPU: auto {auto_kernels} {auto_ppl:.3f}, torch {kernels} {ppl:.3f}")
+    assert kernels == {"TorchLinear": sum(auto_kernels.values())} and "TorchLinear" not in auto_kernels
+    assert abs(ppl - auto_ppl) < 0.01 * auto_ppl     # two kernels, one set of weights
 
 
 @pytest.mark.parametrize("writer, fmt", [
@@ -183,8 +202,8 @@ def test_prequantized_loads_a_checkpoint_as_published(writer, fmt, baseline_ppl)
     manifest = ensure_artifact(cell)
     assert manifest["path"] == published and manifest["quantize_seconds"] is None
     assert manifest["format"].startswith(fmt)
-    ppl = perplexity_of(cell, manifest)
-    print(f"prequantized {writer}: perplexity {ppl:.3f}")
+    ppl, kernels = perplexity_of(cell, manifest)
+    print(f"prequantized {writer}: perplexity {ppl:.3f}, kernels {kernels}")
     assert baseline_ppl * 0.99 <= ppl <= 3 * baseline_ppl
 
 

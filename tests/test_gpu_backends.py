@@ -1,6 +1,6 @@
 """Quantization backends on a CUDA GPU (skipped without one): AWQ and GPTQ via llm-compressor,
-bitsandbytes NF4 / int8, GPTQ via GPTQModel where it is installed, each loaded back through the
-hf engine on the GPU.
+bitsandbytes NF4 / int8, GPTQ via GPTQModel where it is installed (loaded with its Marlin and Triton
+kernels), each loaded back through the hf engine on the GPU.
 
 Self-contained: a random-weight Llama (hidden 512, 2 layers) with a word-level tokenizer, and a
 generated text file as both calibration and perplexity corpus, so it needs neither the hub nor the
@@ -60,19 +60,21 @@ def _cell(model: str, corpus: str, method: str, backend: str, bits: int, group: 
                 evaluation="{}")
 
 
-def _ppl(cell, corpus: str) -> tuple[float, dict]:
+def _ppl(cell, corpus: str) -> tuple[float, dict, dict[str, int]]:
     from jobs.artifacts import ensure_artifact
     from jobs.engines import load_engine
+    from jobs.engines.hf import linear_kernels
     from jobs.evaluate import run_evaluator
 
     manifest = ensure_artifact(cell)
     engine = load_engine(cell, manifest)
     try:
         assert engine.device == "cuda"
+        kernels = linear_kernels(engine.model)
         ppl = run_evaluator("perplexity", engine, {"corpus": corpus, **PPL}).metrics[0].value
     finally:
         engine.close()
-    return ppl, manifest
+    return ppl, manifest, kernels
 
 
 CASES = {
@@ -81,7 +83,10 @@ CASES = {
     "fp8-llmcompressor": (("fp8", "llmcompressor", 8), "compressed-tensors (float-quantized)"),
     "nf4-bitsandbytes": (("nf4", "bitsandbytes", 4), "bitsandbytes"),
     "int8-bitsandbytes": (("int8", "bitsandbytes", 8), "bitsandbytes"),
-    "gptq-gptqmodel": (("gptq", "gptqmodel", 4, 128), "gptq (gptq, 4-bit, group 128"),
+    # one artifact, two GPTQModel kernels (the kernel is a load option, not in the artifact key); not
+    # `auto`: on Hopper it picks Machete, which downloads CUTLASS source at first use (offline here)
+    "gptq-gptqmodel-marlin": (("gptq", "gptqmodel", 4, 128, {"kernel": "marlin"}), "gptq (gptq, 4-bit, group 128"),
+    "gptq-gptqmodel-triton": (("gptq", "gptqmodel", 4, 128, {"kernel": "triton"}), "gptq (gptq, 4-bit, group 128"),
 }
 _LIBRARY = {"llmcompressor": "llmcompressor", "bitsandbytes": "bitsandbytes", "gptqmodel": "gptqmodel"}
 
@@ -91,16 +96,23 @@ def test_backend_on_gpu(case, gpu_model):
     from jobs.quantize import unavailable_reason
 
     (method, backend, *rest), fmt = CASES[case]
+    options = rest.pop() if isinstance(rest[-1], dict) else {}
     if importlib.util.find_spec(_LIBRARY[backend]) is None or unavailable_reason(backend):
         pytest.skip(f"{backend}: {unavailable_reason(backend) or 'not installed on this GPU machine'}")
     model, corpus = gpu_model
-    base_ppl, _ = _ppl(_cell(model, corpus, "none", "none", 16), corpus)
-    ppl, manifest = _ppl(_cell(model, corpus, method, backend, *rest), corpus)
+    base_ppl, _, base_kernels = _ppl(_cell(model, corpus, "none", "none", 16), corpus)
+    ppl, manifest, kernels = _ppl(_cell(model, corpus, method, backend, *rest, **options), corpus)
     assert manifest["format"].startswith(fmt)
+    assert not base_kernels
+    # transformers decompresses compressed-tensors checkpoints into dense Linear layers (the memory
+    # evaluator notes it); every other format keeps its own quantized layers
+    assert bool(kernels) != fmt.startswith("compressed-tensors"), f"quantized linear layers: {kernels}"
+    if "kernel" in options:
+        assert options["kernel"] in " ".join(kernels).lower(), kernels
     if manifest["quantize_seconds"] is not None:
         assert manifest["device"] == "cuda" and manifest["peak_cuda_bytes"] > 0
         assert not manifest["notes"] or "pin_memory" not in " ".join(manifest["notes"])   # the CPU workaround stays off
     print(f"GPU {case}: {torch.cuda.get_device_name()} format {manifest['format']} quantize_seconds "
-          f"{manifest['quantize_seconds']} peak_cuda_bytes {manifest.get('peak_cuda_bytes')} perplexity {ppl:.2f} "
+          f"{manifest['quantize_seconds']} peak_cuda_bytes {manifest.get('peak_cuda_bytes')} kernels {kernels} perplexity {ppl:.2f} "
           f"(base {base_ppl:.2f}) versions {json.dumps(manifest.get('library_versions'))}")
     assert ppl == ppl and ppl < 1.5 * base_ppl

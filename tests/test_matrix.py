@@ -117,6 +117,10 @@ def test_default_spec_expands_as_documented():
     ({"resources": {"accelerator_type": "H900"}}, "resources", ["'H900'", "H100", "A100-80G", "gpu_memory_gib"]),
     ({"resources": {"gpu_memory_gib": 0}}, "resources.gpu_memory_gib", ["greater than 0"]),
     ({"models": [{"id": "org/m-GGUF", "gguf_file": "m.bin"}]}, "models.0", ["must name a .gguf file"]),
+    ({"methods": [{"method": "gptq", "options": {"kernel": "marlin"}}]}, "methods.0",
+     ["option kernel applies to backend gptqmodel, autogptq, not 'llmcompressor'"]),
+    ({"methods": [{"method": "gptq", "backend": "gptqmodel", "options": {"kernel": "exllama"}}]}, "methods.0.options",
+     ["'exllama' not allowed", "exllama_v2"]),
 ])
 def test_errors_name_field_value_and_allowed(patch, field, words):
     base = {"name": "t", "models": [{"id": "m"}], "methods": [{"method": "none"}]}
@@ -294,6 +298,16 @@ def test_option_defaults_written_or_left_out_give_the_same_ids():
     # a value off the default is a different cell and artifact
     other = _spec(methods=[{"method": "gptq", "group_size": [64], "options": {"dampening_frac": 0.1}}])
     assert set(ids(other)) - set(ids(plain))
+
+
+def test_a_load_time_option_makes_cells_that_share_one_artifact():
+    spec = _spec(methods=[{"method": "gptq", "backend": "gptqmodel", "group_size": [64],
+                           "options": {"kernel": ["auto", "marlin", "triton"]}}])
+    expansion = expand_matrix(spec, {})
+    gptq = [c for c in expansion.cells if c.method == "gptq"]
+    assert len({c.cell_id for c in gptq}) == 3
+    assert len(expansion.quantization_jobs) == 1      # one GPTQ run serves all three kernels
+    assert {c.label for c in gptq} == {f"gptq w4 g64 kernel={k}" for k in ("auto", "marlin", "triton")}
 
 
 def test_evaluation_settings_are_part_of_the_cell_id_only():

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The lent GPU machine (no network), from the repository root, after the stage folders made by
 # `bash ../shared/gpu/stage.sh ../shared/gpu/vllm-gpu.txt ../shared/gpu/quantize-gpu.txt
-# cluster/gpu/project-gpu.txt` were collected there one call each (`install.sh collect .stageN`).
+# cluster/gpu/project-gpu.txt` (and, for GPTQModel, `bash cluster/gpu/stage-gptqmodel.sh`) were
+# collected there one call each (`install.sh collect .stageN`).
 #
-#   bash cluster/gpu/run.sh SECONDS     the GPU sweep for at most SECONDS
-#                                       (SIGINT at the limit: finished cells are kept, a rerun resumes)
+#   bash cluster/gpu/run.sh SECONDS     the GPU sweep for at most SECONDS (SPEC=... picks another spec
+#                                       than h100-smollm2.yaml; SIGINT at the limit: finished cells are
+#                                       kept, a rerun resumes)
 #   bash cluster/gpu/run.sh bench       vLLM's own `vllm bench throughput` on the bf16 model, in the
 #                                       config of the sweep's throughput metric (256 x 128 in / 128 out)
 #   bash cluster/gpu/run.sh tests       the GPU-marked tests, each file in the environment it needs
+#                                       (tests-quantize / tests-serve: one of the two; TESTS_K=... a -k)
 # Every mode installs the wheel sets first (once per machine).
 #
 # Three environments, as users run them: the driver (Ray, DuckDB, the CLI), the quantize
@@ -15,18 +18,33 @@
 # 0.17). The spec's per-stage runtime_env gives each Ray worker its own PYTHONPATH.
 set -u
 REPO=$(pwd)
-SITE_V=/tmp/site SITE_Q=/tmp/site-q SITE_P=/tmp/site-p
+SITE_V=/tmp/site SITE_Q=/tmp/site-q SITE_P=/tmp/site-p SITE_G=/tmp/site-g
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export QMX_CACHE=/tmp/qmx-cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
+export PATH=$PATH:$SITE_G/bin   # ninja, for GPTQModel's JIT kernel builds, where the image has none
 
 install() {
   [ -f /tmp/qmx-installed ] && return 0
   local inst
   inst=$(ls .stage*/install.sh | tail -1)
   bash "$inst" install vllm-gpu $SITE_V && bash "$inst" install quantize-gpu $SITE_Q \
-    && bash "$inst" install project-gpu $SITE_P && touch /tmp/qmx-installed
+    && bash "$inst" install project-gpu $SITE_P && install_gptqmodel && touch /tmp/qmx-installed
+}
+
+# GPTQModel, when its stage folder (cluster/gpu/stage-gptqmodel.sh) was collected, goes to a folder
+# of its own: the quantize stage needs it to quantize, and the serve stage for hf cells of GPTQ
+# checkpoints (transformers loads those through optimum + GPTQModel's kernels). pypcre, a C extension
+# published as source only, is built here first.
+install_gptqmodel() {
+  local pool=${WHEEL_POOL:-/tmp/wheelpool}
+  [ -f "$pool/gptqmodel-gpu.files" ] || { echo "no GPTQModel set collected: its GPU cases skip"; return 0; }
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site-build "$pool"/setuptools-*.whl "$pool"/wheel-*.whl \
+    && PYTHONPATH=/tmp/site-build python3 -m pip wheel -q --no-index --no-deps --no-build-isolation \
+      -w "$pool" "$pool"/pypcre-*.tar.gz \
+    && echo "$(cd "$pool" && ls pypcre-*.whl)" >> "$pool/gptqmodel-gpu.files" \
+    && bash "$(ls .stage*/install.sh | tail -1)" install gptqmodel-gpu $SITE_G
 }
 
 install || { echo "install failed"; exit 1; }
@@ -42,20 +60,20 @@ case ${1:-} in
       --seed 0 --output-json "$OUT/vllm_bench_throughput.json" 2>&1 | tee "$OUT/vllm_bench_throughput.log" \
       | grep -E "^Throughput|^Total num"
     ;;
-  tests)
-    PYTHONPATH=$SITE_Q:$SITE_P:$REPO timeout "${TESTS_Q_TIMEOUT:-150}" python3 -m pytest -q -s -m gpu \
-      -p no:cacheprovider tests/test_gpu_backends.py 2>&1 | tee "$OUT/gpu_tests_quantize.log" \
+  tests|tests-quantize|tests-serve)
+    [ "$1" = tests-serve ] || PYTHONPATH=$SITE_Q:$SITE_G:$SITE_P:$REPO timeout "${TESTS_Q_TIMEOUT:-150}" python3 -m pytest \
+      -q -s -m gpu -p no:cacheprovider -k "${TESTS_K:-}" tests/test_gpu_backends.py 2>&1 | tee "$OUT/gpu_tests_quantize.log" \
       | grep -E "GPU |passed|failed|skipped|Error"
-    PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${TESTS_V_TIMEOUT:-330}" python3 -m pytest -q -s -m gpu \
-      -p no:cacheprovider tests/test_gpu_engines.py 2>&1 | tee "$OUT/gpu_tests_vllm.log" \
+    [ "$1" = tests-quantize ] || PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${TESTS_V_TIMEOUT:-330}" python3 -m pytest \
+      -q -s -m gpu -p no:cacheprovider tests/test_gpu_engines.py 2>&1 | tee "$OUT/gpu_tests_vllm.log" \
       | grep -E "GPU |passed|failed|skipped|Error"
     ;;
   *)
-    sed -e "s|@REPO@|$REPO|g; s|@SITE_V@|$SITE_V|g; s|@SITE_Q@|$SITE_Q|g; s|@SITE_P@|$SITE_P|g" \
-      cluster/gpu/h100-smollm2.yaml > /tmp/h100-smollm2.yaml
+    sed -e "s|@REPO@|$REPO|g; s|@SITE_V@|$SITE_V|g; s|@SITE_Q@|$SITE_Q|g; s|@SITE_P@|$SITE_P|g; s|@SITE_G@|$SITE_G|g" \
+      "${SPEC:-cluster/gpu/h100-smollm2.yaml}" > /tmp/spec.yaml
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
     # the driver needs neither llm-compressor nor vLLM: the spec's runtime_env gives each stage its own
-    PYTHONPATH=$SITE_P:$REPO timeout -s INT -k 30 "${1:-500}" python3 -m cluster.cli sweep /tmp/h100-smollm2.yaml \
+    PYTHONPATH=$SITE_P:$REPO timeout -s INT -k 30 "${1:-500}" python3 -m cluster.cli sweep /tmp/spec.yaml \
       --results /tmp/results 2>&1 | tee -a "$OUT/sweep.log" | grep -v "━" | tail -25
     PYTHONPATH=$SITE_P:$REPO python3 -m cluster.cli leaderboard --results /tmp/results > "$OUT/leaderboard.md" 2>&1
     tar czf "$OUT/results.tar.gz" -C /tmp results

@@ -28,9 +28,25 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
     model = AutoModelForCausalLM.from_pretrained(manifest["path"], dtype=dtype, device_map="cuda" if on_gpu else None,
                                                  trust_remote_code=cell.trust_remote_code, **kwargs)
     model.eval()
+    if kernels := linear_kernels(model):
+        notes.append("linear kernels: " + ", ".join(f"{name} x{n}" for name, n in kernels.items()))
     tok = AutoTokenizer.from_pretrained(manifest["path"])
     base = materialize(cell.model, cell.revision, cell.gguf_file)
     return Engine("hf", model, tok, "cuda" if on_gpu else "cpu", str(dtype).removeprefix("torch."),
                   time.perf_counter() - start, tuple(notes), base_path=base,
                   base_revision=cell.revision, is_base=manifest["path"] == base and not kwargs,
                   weight_bytes_at_load=weight_bytes(model), libraries=("transformers", "torch"))
+
+
+def linear_kernels(model) -> dict[str, int]:
+    """Quantized linear layers by class, as the load built them (e.g. GPTQModel picks Marlin, ExLlama,
+    Triton or torch by device and format): which kernels a cell's figures were measured on."""
+    import torch
+
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        cls = type(module)
+        if "linear" in cls.__name__.lower() and not cls.__module__.startswith(("torch.", "transformers.")) \
+                and cls is not torch.nn.Linear:
+            counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
+    return counts

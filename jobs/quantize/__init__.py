@@ -2,7 +2,8 @@
 
 A backend does one of three things: writes a quantized checkpoint (`quantize`, run once per
 artifact key), quantizes while the engine loads the model (`load_kwargs`, e.g. bitsandbytes),
-or points at weights someone else quantized (`resolve`, the `prequantized` backend).
+or points at weights someone else quantized (`resolve`, the `prequantized` backend); a GPTQ
+backend also uses `load_kwargs` to pick the kernel its checkpoint is loaded with.
 Each says which libraries it needs (`requires`, plus an optional deeper `check`), so the driver
 skips the cells of a backend that cannot run here with the reason, before any work starts.
 """
@@ -43,7 +44,7 @@ class Backend:
     libraries: tuple[str, ...]                    # distributions whose versions the results record
     # writes an HF folder to `out` from the base model folder; returns facts for the manifest
     quantize: Callable[[Cell, str, Path, Calibration | None], dict[str, Any]] | None = None
-    # extra `from_pretrained` kwargs for load-time methods (e.g. a BitsAndBytesConfig)
+    # extra `from_pretrained` kwargs: a load-time method (a BitsAndBytesConfig) or a kernel choice
     load_kwargs: Callable[[Cell, Any], dict[str, Any]] = field(default=lambda cell, dtype: {})
     # weights made elsewhere (a published checkpoint): cell -> manifest with `path` and `format`
     resolve: Callable[[Cell], dict[str, Any]] | None = None

@@ -8,6 +8,8 @@ That format is AutoGPTQ's: transformers (through optimum + gptqmodel) and vLLM l
   dampening_frac -> damp_percent; symmetric -> sym
   ignore     lm_head stays 16-bit unless left out of the list; other names or `re:` patterns
              become GPTQModel `dynamic` negative rules ("-:<regex>": not quantized)
+  kernel     at load, on the hf engine: GPTQModel's `BACKEND.GPTQ_<KERNEL>`; `auto` lets GPTQModel
+             pick (Machete on Hopper, which downloads CUTLASS source at first use: offline, name one)
 GPTQModel sizes a CPU worker pool at import; on small machines it needs GPTQMODEL_CPU_WORKERS,
 set here (to 2 unless the environment says otherwise) before the import, and recorded.
 """
@@ -55,6 +57,16 @@ def quantize_config(cell: Cell):
                           **_ACTORDER[opts.get("actorder")])
 
 
+def kernel_load_kwargs(cell: Cell, dtype) -> dict[str, Any]:
+    """`from_pretrained` kwargs that pick GPTQModel's kernel for a GPTQ checkpoint (option `kernel`):
+    transformers merges a passed GPTQConfig's `backend` into the checkpoint's own config."""
+    kernel = dict(cell.options).get("kernel", "auto")
+    if kernel == "auto":
+        return {}
+    from transformers import GPTQConfig
+    return {"quantization_config": GPTQConfig(bits=cell.bits, backend=f"gptq_{kernel}")}
+
+
 def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None) -> dict[str, Any]:
     if cell.method != "gptq":
         raise ValueError(f"the gptqmodel backend here implements gptq, not {cell.method}")
@@ -80,7 +92,7 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
             "gptqmodel_cpu_workers": os.environ.get("GPTQMODEL_CPU_WORKERS")}
 
 
-BACKEND = Backend(name="gptqmodel", format="gptq", quantize=_quantize, methods=("gptq",),
+BACKEND = Backend(name="gptqmodel", format="gptq", quantize=_quantize, methods=("gptq",), load_kwargs=kernel_load_kwargs,
                   libraries=("gptqmodel", "optimum", "transformers", "torch"),
                   # transformers loads GPTQ checkpoints through optimum's GPTQQuantizer + gptqmodel kernels
                   requires=("gptqmodel", "optimum"))
