@@ -274,7 +274,7 @@ class _Scheduler:
     def _assign(self, worker: _Worker, cell: Cell) -> None:
         attempt = self.store.next_attempt(cell.cell_id)      # failed attempts are recorded before a retry
         ref = worker.actor.run.remote(cell, self.manifests.get(cell.cell_id))
-        worker.busy, worker.engine_key = True, scheduling.engine_key(cell)
+        worker.busy, worker.engine_key = True, cell.engine_key
         self.pending[ref] = _Flight("cell", attempt, _now(), cell=cell, worker=worker)
 
     def _dispatch(self) -> None:

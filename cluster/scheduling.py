@@ -18,12 +18,6 @@ _TOKENS_PER_UNIT = 2048.0          # a unit ~ scoring 2k tokens in one forward p
 _DECODE_STEP_UNITS = 1 / 64        # one decode step ~ a forward over 32 tokens
 
 
-def engine_key(cell: Cell) -> tuple:
-    """What a loaded engine depends on (the fields `jobs.run_cell._engine_key` keys its reuse by):
-    cells with equal keys run back to back on one worker without reloading."""
-    return (cell.artifact_key, cell.engine, cell.kv_cache_dtype, cell.tensor_parallel_size, cell.trust_remote_code)
-
-
 def estimate_cost(cell: Cell) -> float:
     """A relative estimate of a cell's run time from its method and evaluation settings."""
     ev = json.loads(cell.evaluation)
@@ -83,7 +77,7 @@ def choose_cell(ready: Sequence[Cell], worker_key: Hashable | None,
     for i, c in enumerate(ready):
         if not fits(c):
             continue
-        if worker_key is not None and engine_key(c) == worker_key:
+        if worker_key is not None and c.engine_key == worker_key:
             return i
         if first is None:
             first = i

@@ -24,6 +24,7 @@ from jobs.quantize import get_backend
 from jobs.quantize.formats import describe_quantization
 from jobs.versions import library_versions
 from matrix import Cell
+from matrix.methods import artifact_options
 
 MANIFEST = "quantmatrix-manifest.json"
 BUILD_LOG = "builds.jsonl"   # one line per quantizer run: proves quantize-once
@@ -105,7 +106,7 @@ def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
             "format": describe_quantization(written.get("quantization_config")),
             "model": cell.model, "revision": cell.revision, "base_path": base, "method": cell.method,
             "backend": cell.backend, "bits": cell.bits, "group_size": cell.group_size,
-            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in cell.options},
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in artifact_options(cell.method, cell.options)},
             "calibration": calibration.record if calibration else None,
             "quantize_seconds": seconds,
             "size_bytes": dir_bytes(tmp), "weights_bytes": dir_bytes(tmp, ".safetensors"),

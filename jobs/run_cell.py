@@ -57,17 +57,12 @@ def _device_name() -> str:
 _EVALUATION_ORDER = ("perplexity", "kl_divergence", "lm_eval", "prompts", "speed", "serving")
 
 
-def _engine_key(cell: Cell) -> tuple:
-    """What a loaded engine depends on: the weights, how they load, and the engine's own settings."""
-    return (cell.artifact_key, cell.engine, cell.kv_cache_dtype, cell.tensor_parallel_size, cell.trust_remote_code)
-
-
 def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
     """The cell's engine, reused from `state` when the previous cell loaded the same one.
 
     Engines that cannot be torn down cleanly in-process (see `engine_reusable`, e.g. vLLM)
     are never kept: the scheduler gives each such cell a fresh actor."""
-    key = _engine_key(cell)
+    key = cell.engine_key
     held = state.get("engine")
     if held is not None and held[0] == key:
         return held[1], True

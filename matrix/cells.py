@@ -2,7 +2,7 @@
 
 `cell_id` hashes every dimension of a cell; `artifact_key` hashes only what changes the
 quantized weights, so cells that differ in KV dtype, engine, evaluation or a load-time option
-(a GPTQ kernel) share one artifact.
+(a GPTQ kernel) share one artifact; `engine_key` adds back what a loaded engine depends on.
 Both hash canonical JSON (sorted keys, spec defaults filled in, method options equal to their
 backend default left out), so key order in the YAML and defaults written or left out give the same ids.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property, lru_cache
 from typing import Any
 
-from matrix.methods import artifact_options, canonical_options
+from matrix.methods import artifact_options, canonical_options, load_options
 
 
 def _digest(obj: Any, n: int = 12) -> str:
@@ -72,6 +72,13 @@ class Cell:
         if self.gguf_file is not None:   # only when set: keeps the keys of existing cached artifacts
             key["gguf_file"] = self.gguf_file
         return _digest(key)
+
+    @cached_property
+    def engine_key(self) -> tuple:
+        """What a loaded engine depends on: the weights, how they load (a kernel) and the engine's own
+        settings. A worker keeps its engine for the next cell with an equal key (scheduler and worker)."""
+        return (self.artifact_key, load_options(self.method, self.options), self.engine, self.kv_cache_dtype,
+                self.tensor_parallel_size, self.trust_remote_code)
 
     @property
     def is_baseline(self) -> bool:

@@ -57,7 +57,7 @@ _SYMMETRIC = OptionInfo("symmetric", "bool", description="symmetric integer grid
 # GPTQModel's kernel for a GPTQ-format checkpoint on the hf engine (vLLM picks its own). `auto` is
 # GPTQModel's pick by device: Machete on Hopper, which downloads CUTLASS source at first use.
 _KERNEL = OptionInfo("kernel", "choice", ("auto", "marlin", "machete", "exllama_v2", "triton", "torch"),
-                     default="auto", backends=("gptqmodel", "autogptq"), at_load=True,
+                     default="auto", backends=("gptqmodel",), at_load=True,
                      description="GPTQModel kernel on the hf engine (auto: GPTQModel's pick; vLLM picks its own)")
 _SKIP = OptionInfo("skip_modules", "modules",
                    description="modules kept in 16-bit; transformers keeps lm_head by default")
@@ -130,8 +130,17 @@ def canonical_options(method: str, options: tuple[tuple[str, Any], ...]) -> tupl
     return tuple(out)
 
 
-def artifact_options(method: str, options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-    """The canonical options that change the quantized weights (load-time ones left out)."""
+def _split_at_load(method: str, options: tuple[tuple[str, Any], ...], at_load: bool) -> tuple[tuple[str, Any], ...]:
     info = METHODS[method]
     return tuple((n, v) for n, v in canonical_options(method, options)
-                 if (opt := info.option(n)) is None or not opt.at_load)
+                 if ((opt := info.option(n)) is not None and opt.at_load) == at_load)
+
+
+def artifact_options(method: str, options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The canonical options that change the quantized weights (load-time ones left out)."""
+    return _split_at_load(method, options, at_load=False)
+
+
+def load_options(method: str, options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The canonical options that change only how the weights are loaded (a kernel)."""
+    return _split_at_load(method, options, at_load=True)

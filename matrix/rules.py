@@ -79,6 +79,13 @@ def _bitsandbytes_on_hf(cell: Cell, _: ModelConfig) -> str | None:
     return None
 
 
+def _kernel_on_hf(cell: Cell, _: ModelConfig) -> str | None:
+    kernel = dict(cell.options).get("kernel", "auto")
+    if kernel != "auto" and cell.engine != "hf":
+        return f"kernel {kernel} is GPTQModel's, on the hf engine; {cell.engine} picks its own (use kernel auto)"
+    return None
+
+
 def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:
     if cell.method == "prequantized" and (cell.gguf_file or cell.model.endswith(".gguf")):
         return "a GGUF model is de-quantized to 16-bit at load; a prequantized checkpoint is a separate model"
@@ -93,6 +100,7 @@ RULES: tuple[Rule, ...] = (
     Rule("vllm-compressed-tensors-bits", _vllm_compressed_tensors_bits),
     Rule("gguf-prequantized", _gguf_needs_16bit_start),
     Rule("bitsandbytes-on-hf", _bitsandbytes_on_hf),
+    Rule("kernel-on-hf", _kernel_on_hf),
 )
 
 

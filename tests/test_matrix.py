@@ -118,7 +118,7 @@ def test_default_spec_expands_as_documented():
     ({"resources": {"gpu_memory_gib": 0}}, "resources.gpu_memory_gib", ["greater than 0"]),
     ({"models": [{"id": "org/m-GGUF", "gguf_file": "m.bin"}]}, "models.0", ["must name a .gguf file"]),
     ({"methods": [{"method": "gptq", "options": {"kernel": "marlin"}}]}, "methods.0",
-     ["option kernel applies to backend gptqmodel, autogptq, not 'llmcompressor'"]),
+     ["option kernel applies to backend gptqmodel, not 'llmcompressor'"]),
     ({"methods": [{"method": "gptq", "backend": "gptqmodel", "options": {"kernel": "exllama"}}]}, "methods.0.options",
      ["'exllama' not allowed", "exllama_v2"]),
 ])
@@ -308,6 +308,9 @@ def test_a_load_time_option_makes_cells_that_share_one_artifact():
     assert len({c.cell_id for c in gptq}) == 3
     assert len(expansion.quantization_jobs) == 1      # one GPTQ run serves all three kernels
     assert {c.label for c in gptq} == {f"gptq w4 g64 kernel={k}" for k in ("auto", "marlin", "triton")}
+    on_vllm = expand_matrix(_spec(methods=spec.model_dump()["methods"], engine=["vllm"]), {})
+    assert [c.label for c in on_vllm.cells if c.method == "gptq"] == ["gptq w4 g64 kernel=auto"]
+    assert {s.rule for s in on_vllm.skipped} == {"kernel-on-hf"} and len(on_vllm.skipped) == 2
 
 
 def test_evaluation_settings_are_part_of_the_cell_id_only():

@@ -29,10 +29,13 @@ def test_cost_grows_with_evaluation_work_and_load_time_quantization():
     assert scheduling.estimate_cost(_cell("nf4", "bitsandbytes", bits=4)) > scheduling.estimate_cost(_cell())
 
 
-def test_engine_key_matches_the_workers_reuse_key():
-    from jobs.run_cell import _engine_key
-    c = _cell("gptq", "llmcompressor", bits=4)
-    assert scheduling.engine_key(c) == _engine_key(c)
+def test_cells_differing_in_a_load_option_share_weights_not_an_engine():
+    from dataclasses import replace
+    auto = replace(_cell("gptq", "gptqmodel", bits=4), options=())
+    marlin, triton = (replace(auto, options=(("kernel", k),)) for k in ("marlin", "triton"))
+    assert auto.artifact_key == marlin.artifact_key == triton.artifact_key
+    assert len({auto.engine_key, marlin.engine_key, triton.engine_key}) == 3
+    assert replace(auto, options=(("kernel", "auto"),)).engine_key == auto.engine_key   # the default, written
 
 
 def test_quantize_jobs_one_per_key_longest_chain_first_and_ready_cells_longest_first():
@@ -51,8 +54,8 @@ def test_an_idle_worker_keeps_its_engine_else_takes_the_longest_that_fits():
     a1, a2 = _cell(i=1), _cell(i=1, ppl_tokens=128)      # same weights and engine settings: one engine key
     b = _cell(i=2, ppl_tokens=8192)
     ready = [b, a2]                                         # longest first
-    assert scheduling.engine_key(a1) == scheduling.engine_key(a2) != scheduling.engine_key(b)
-    assert scheduling.choose_cell(ready, scheduling.engine_key(a1)) == 1      # reuse beats length
+    assert a1.engine_key == a2.engine_key != b.engine_key
+    assert scheduling.choose_cell(ready, a1.engine_key) == 1      # reuse beats length
     assert scheduling.choose_cell(ready, None) == 0
     assert scheduling.choose_cell(ready, ("other",)) == 0
     assert scheduling.choose_cell(ready, None, fits=lambda c: c is a2) == 1

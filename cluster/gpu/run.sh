@@ -30,7 +30,8 @@ install() {
   local inst
   inst=$(ls .stage*/install.sh | tail -1)
   bash "$inst" install vllm-gpu $SITE_V && bash "$inst" install quantize-gpu $SITE_Q \
-    && bash "$inst" install project-gpu $SITE_P && install_gptqmodel && touch /tmp/qmx-installed
+    && bash "$inst" install project-gpu $SITE_P && touch /tmp/qmx-installed \
+    && { install_gptqmodel || echo "GPTQModel set not installed: its cells and GPU cases will say so"; }
 }
 
 # GPTQModel, when its stage folder (cluster/gpu/stage-gptqmodel.sh) was collected, goes to a folder
@@ -43,7 +44,7 @@ install_gptqmodel() {
   python3 -m pip install -q --no-index --no-deps --target /tmp/site-build "$pool"/setuptools-*.whl "$pool"/wheel-*.whl \
     && PYTHONPATH=/tmp/site-build python3 -m pip wheel -q --no-index --no-deps --no-build-isolation \
       -w "$pool" "$pool"/pypcre-*.tar.gz \
-    && echo "$(cd "$pool" && ls pypcre-*.whl)" >> "$pool/gptqmodel-gpu.files" \
+    && { grep -q '^pypcre-' "$pool/gptqmodel-gpu.files" || (cd "$pool" && ls pypcre-*.whl) >> "$pool/gptqmodel-gpu.files"; } \
     && bash "$(ls .stage*/install.sh | tail -1)" install gptqmodel-gpu $SITE_G
 }
 

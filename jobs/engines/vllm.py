@@ -62,11 +62,9 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
         "quantization": cfg.model_config.quantization,
         "kv_cache_dtype": cfg.cache_config.cache_dtype,
     }
-    notes = [f"vllm quantization={info['quantization']}, kv_cache_dtype={info['kv_cache_dtype']}"]
-    if (kernel := dict(cell.options).get("kernel", "auto")) != "auto":
-        notes.append(f"option kernel={kernel} is GPTQModel's on the hf engine; vLLM picked its own (above)")
     base = materialize(cell.model, cell.revision, cell.gguf_file)
-    return Engine("vllm", None, llm.get_tokenizer(), "cuda", "bfloat16", seconds, tuple(notes),
+    return Engine("vllm", None, llm.get_tokenizer(), "cuda", "bfloat16", seconds,
+                  (f"vllm quantization={info['quantization']}, kv_cache_dtype={info['kv_cache_dtype']}",),
                   base_path=base, base_revision=cell.revision, is_base=cell.is_baseline,
                   weight_bytes_at_load=checkpoint_bytes(manifest["path"]),
                   libraries=("vllm", "torch", "transformers"), handle=llm, info=info)
