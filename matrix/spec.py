@@ -91,11 +91,11 @@ class MethodSpec(_Strict):
         if self.backend is not None and self.backend not in info.backends:
             raise ValueError(f"backend {self.backend!r} does not implement {self.method}; "
                              f"allowed: {', '.join(info.backends)}")
+        backend = self.backend or info.backends[0]
         for name in self.options:
             opt = info.option(name)
-            if opt.backends and (self.backend or info.backends[0]) not in opt.backends:
-                raise ValueError(f"option {name} applies to backend {', '.join(opt.backends)}, not "
-                                 f"{self.backend or info.backends[0]!r}")
+            if opt.backends and backend not in opt.backends:
+                raise ValueError(f"option {name} applies to backend {', '.join(opt.backends)}, not {backend!r}")
         for g in self.group_size or []:
             if g not in GROUP_SIZES:
                 raise ValueError(f"group_size {g} not allowed; allowed: {', '.join(map(str, GROUP_SIZES))}")

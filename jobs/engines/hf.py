@@ -41,12 +41,9 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
 def linear_kernels(model) -> dict[str, int]:
     """Quantized linear layers by class, as the load built them (e.g. GPTQModel picks Marlin, ExLlama,
     Triton or torch by device and format): which kernels a cell's figures were measured on."""
-    import torch
-
     counts: dict[str, int] = {}
     for module in model.modules():
         cls = type(module)
-        if "linear" in cls.__name__.lower() and not cls.__module__.startswith(("torch.", "transformers.")) \
-                and cls is not torch.nn.Linear:
+        if "linear" in cls.__name__.lower() and not cls.__module__.startswith(("torch.", "transformers.")):
             counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
     return counts

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from jobs.quantize import Backend, Calibration, guarded_import
-from jobs.quantize.gptqmodel import kernel_load_kwargs
 from matrix import Cell
 
 _DEAD = "AutoGPTQ is unmaintained (0.7.1 needs transformers 4); backend gptqmodel writes the same GPTQ format"
@@ -40,6 +39,6 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
     return {"scheme": f"GPTQ W{cell.bits}A16 group {cell.group_size}, actorder {actorder}", "notes": []}
 
 
-BACKEND = Backend(name="autogptq", format="gptq", quantize=_quantize, methods=("gptq",), load_kwargs=kernel_load_kwargs,
+BACKEND = Backend(name="autogptq", format="gptq", quantize=_quantize, methods=("gptq",),
                   libraries=("auto-gptq", "transformers", "torch"), requires=("auto_gptq",),
                   hint=_DEAD, check=lambda: guarded_import("auto_gptq", _DEAD))

@@ -57,7 +57,7 @@ def quantize_config(cell: Cell):
                           **_ACTORDER[opts.get("actorder")])
 
 
-def kernel_load_kwargs(cell: Cell, dtype) -> dict[str, Any]:
+def _kernel_load_kwargs(cell: Cell, dtype) -> dict[str, Any]:
     """`from_pretrained` kwargs that pick GPTQModel's kernel for a GPTQ checkpoint (option `kernel`):
     transformers merges a passed GPTQConfig's `backend` into the checkpoint's own config."""
     kernel = dict(cell.options).get("kernel", "auto")
@@ -92,7 +92,7 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
             "gptqmodel_cpu_workers": os.environ.get("GPTQMODEL_CPU_WORKERS")}
 
 
-BACKEND = Backend(name="gptqmodel", format="gptq", quantize=_quantize, methods=("gptq",), load_kwargs=kernel_load_kwargs,
+BACKEND = Backend(name="gptqmodel", format="gptq", quantize=_quantize, methods=("gptq",), load_kwargs=_kernel_load_kwargs,
                   libraries=("gptqmodel", "optimum", "transformers", "torch"),
                   # transformers loads GPTQ checkpoints through optimum's GPTQQuantizer + gptqmodel kernels
                   requires=("gptqmodel", "optimum"))
