@@ -1,49 +1,84 @@
-"""Leaderboard: the ranked table of a sweep, as Markdown (for terminals, READMEs and PRs)."""
+"""Leaderboard: the ranked table of a sweep, as Markdown (for terminals, READMEs and PRs).
+
+The settings every figure was measured under are printed once above the tables; each model gets a
+table of its own, ranked by perplexity; columns no cell measured are left out; speed shows its
+spread over the repeats where the evaluator recorded one; a cell whose engine ran the quantized
+weights dense is marked, since its speed and memory are not the quantized format's.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from analysis.catalog import connect
+from analysis.catalog import check_sweep, connect
+from analysis.markdown import fmt, fmt_bytes, table
+
+DENSE = "†"
+FLAGGED = "⚠"
 
 
-def _fmt_bytes(n) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+def _ppl(r: dict) -> str:
+    v, se = r["perplexity"], r.get("perplexity_stderr")
+    return fmt(v, ".3f") + (f" ± {se:.2f}" if v is not None and se is not None else "")
 
 
-def _fmt(v, spec: str, signed: bool = False) -> str:
-    if v is None:
-        return "–"
-    return format(v, ("+" if signed else "") + spec)
+def _spread(r: dict, col: str, spec: str) -> str:
+    v, lo, hi = r[col], r.get(f"{col}_min"), r.get(f"{col}_max")
+    return fmt(v, spec) + (f" ({lo:{spec}}–{hi:{spec}})" if v is not None and lo is not None and hi is not None
+                           else "")
 
 
-COLUMNS = ("rank", "model", "cell", "perplexity", "Δ ppl %", "decode tok/s", "speedup", "weights", "peak mem",
-           "quant s")
+def _times(v) -> str:
+    return "–" if v is None else f"{v:.2f}×"
 
 
-def render_markdown(rows: list[dict], skipped: list[dict] = ()) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---:" if c != "cell" and c != "model" else "---"
-                                                              for c in COLUMNS]) + "|"]
-    rank_by_model: dict[str, int] = {}
-    for r in rows:
-        rank_by_model[r["model"]] = rank_by_model.get(r["model"], 0) + 1
-        cells = [str(rank_by_model[r["model"]]), r["model"], r["label"], _fmt(r["perplexity"], ".3f"),
-                 _fmt(r["perplexity_delta_pct"], ".2f", signed=True), _fmt(r["decode_tokens_per_s"], ".1f"),
-                 _fmt(r["speedup"], ".2f") + ("×" if r["speedup"] is not None else ""), _fmt_bytes(r["weight_bytes"]),
-                 _fmt_bytes(r["peak_memory_bytes"]), _fmt(r["quantize_seconds"], ".1f")]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+# (header, the leaderboard column that decides whether the column is shown, how a row prints it)
+COLUMNS = (
+    ("perplexity", "perplexity", _ppl),
+    ("Δ ppl %", "perplexity_delta_pct", lambda r: fmt(r["perplexity_delta_pct"], ".2f", signed=True)),
+    ("KL mean", "kl_divergence_mean", lambda r: fmt(r["kl_divergence_mean"], ".4f")),
+    ("acc. recovery %", "accuracy_recovery_pct", lambda r: fmt(r["accuracy_recovery_pct"], ".1f")),
+    ("decode tok/s", "decode_tokens_per_s", lambda r: _spread(r, "decode_tokens_per_s", ".1f")),
+    ("speedup", "speedup", lambda r: _times(r["speedup"])),
+    ("TTFT ms", "ttft_ms", lambda r: fmt(r["ttft_ms"], ".1f")),
+    ("batch tok/s", "throughput_tokens_per_s", lambda r: fmt(r["throughput_tokens_per_s"], ".0f")),
+    ("MBU", "mbu", lambda r: "–" if r["mbu"] is None else f"{r['mbu']:.0%}"),
+    ("weights", "weight_bytes", lambda r: fmt_bytes(r["weight_bytes"]) + (f" {DENSE}" if r["ran_dense"] else "")),
+    ("mem. reduction", "memory_reduction", lambda r: _times(r["memory_reduction"])),
+    ("peak mem", "peak_memory_bytes", lambda r: fmt_bytes(r["peak_memory_bytes"])),
+    ("quant s", "quantize_seconds", lambda r: fmt(r["quantize_seconds"], ".1f")),
+)
+
+
+def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dict] = ()) -> str:
+    """One table per model, ranked as the rows come (the view orders by perplexity)."""
+    shown = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+    engines = len({r["engine"] for r in rows}) > 1
+    header = ["rank", "cell", *(["engine"] if engines else []), *(c[0] for c in shown)]
+    out: list[str] = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        body = [[str(i), r["label"] + (f" {FLAGGED}" if r.get("sanity_flags") else ""),
+                 *([r["engine"]] if engines else []), *(c[2](r) for c in shown)]
+                for i, r in enumerate(mine, 1)]
+        out += [f"### {model}", "", *table(header, body, left=("cell", "engine")), ""]
     if skipped:
-        lines += ["", "Skipped by the validity rules:", ""]
-        lines += [f"- {s['model']} {s['label']}: {s['reason']}" for s in skipped]
-    return "\n".join(lines)
+        out += ["Skipped by the validity rules:", ""]
+        out += [f"- {s['model']} {s['label']}: {s['reason']}" for s in skipped]
+        out.append("")
+    if failed:
+        out += ["Failed (last attempt):", ""]
+        out += [f"- {f['model']} {f['label']} (attempt {f['attempt']}): {f['reason'] or _first_line(f['error'])}"
+                for f in failed]
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
-SERVING_COLUMNS = ("model", "cell", "load", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms", "req/s", "output tok/s",
+def _first_line(text: str | None) -> str:
+    return (text or "no error recorded").strip().splitlines()[-1][:200] if text else "no error recorded"
+
+
+SERVING_COLUMNS = ("cell", "load", "TTFT p50 / p95 / p99 ms", "TPOT p50 / p95 / p99 ms", "req/s", "output tok/s",
                    "goodput req/s", "ok / failed")
 
 
@@ -52,20 +87,20 @@ def _load_level(r: dict) -> str:
     return f"c={r['concurrency']}" + (f", {rate:g} req/s Poisson" if rate else " closed loop")
 
 
+def _triple(r: dict, name: str, spec: str) -> str:
+    return " / ".join(fmt(r.get(f"{name}_{p}"), spec) for p in ("p50", "p95", "p99"))
+
+
 def render_serving_markdown(rows: list[dict]) -> str:
-    """Served latency, one row per cell and load level (empty when no cell was served)."""
-    if not rows:
-        return ""
-    lines = ["| " + " | ".join(SERVING_COLUMNS) + " |",
-             "|" + "|".join("---" if c in ("model", "cell", "load") else "---:" for c in SERVING_COLUMNS) + "|"]
-    for r in rows:
-        cells = [r["model"], r["label"], _load_level(r),
-                 f"{_fmt(r['ttft_ms_p50'], '.1f')} / {_fmt(r['ttft_ms_p99'], '.1f')}",
-                 f"{_fmt(r['tpot_ms_p50'], '.2f')} / {_fmt(r['tpot_ms_p99'], '.2f')}",
-                 _fmt(r["requests_per_s"], ".2f"), _fmt(r["output_tokens_per_s"], ".0f"), _fmt(r["goodput"], ".2f"),
-                 f"{_fmt(r['requests_ok'], '.0f')} / {_fmt(r['requests_failed'], '.0f')}"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
+    """Served latency, one table per model, one row per cell and load level (empty when nothing was served)."""
+    out: list[str] = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        body = [[r["label"], _load_level(r), _triple(r, "ttft_ms", ".1f"), _triple(r, "tpot_ms", ".2f"),
+                 fmt(r["requests_per_s"], ".2f"), fmt(r["output_tokens_per_s"], ".0f"), fmt(r["goodput"], ".2f"),
+                 f"{fmt(r['requests_ok'], '.0f')} / {fmt(r['requests_failed'], '.0f')}"] for r in rows
+                if r["model"] == model]
+        out += [f"### {model}", "", *table(list(SERVING_COLUMNS), body, left=("cell", "load")), ""]
+    return "\n".join(out).rstrip()
 
 
 def _serving_header(settings: list[str]) -> list[str]:
@@ -79,16 +114,34 @@ def _serving_header(settings: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+def settings_line(what: str, raw: str | None) -> str:
+    """`what: key value, key value` from a metric's settings JSON: the convention a figure was measured under."""
+    s = json.loads(raw) if raw else {}
+    return f"{what}: " + ", ".join(f"{k} {v}" for k, v in s.items())
+
+
 def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     con = connect(results)
+    check_sweep(con, sweep)
     where, params = ("WHERE sweep = ?", [sweep]) if sweep else ("", [])
     rows = con.sql(f"SELECT * FROM leaderboard {where}", params=params).to_arrow_table().to_pylist()
     skipped = con.sql(f"SELECT * FROM skipped {where} ORDER BY model, label", params=params).to_arrow_table().to_pylist()
-    settings = con.execute(f"SELECT DISTINCT settings FROM results WHERE metric = 'perplexity' "
-                           f"{'AND sweep = ?' if sweep else ''}", params).fetchall()
-    header = "Ranked by perplexity (lower is better); Δ, speedup and memory reduction are vs the model's bf16 baseline."
-    notes = [f"Perplexity settings: {s[0]}" for s in settings]
-    out = [header, *notes, "", render_markdown(rows, skipped)]
+    failed = con.sql(f"SELECT * FROM failed {where} ORDER BY model, label", params=params).to_arrow_table().to_pylist()
+    out = ["Ranked by perplexity within each model (lower is better); Δ, speedup and memory reduction are against "
+           "the model's unquantized baseline on the same engine, measured under the same settings."]
+    out += sorted({settings_line("Perplexity", r["perplexity_settings"]) for r in rows if r["perplexity_settings"]})
+    out += sorted({settings_line("Speed", r["speed_settings"]) for r in rows if r["speed_settings"]})
+    if any(r["perplexity_stderr"] is not None for r in rows):
+        out.append("perplexity: ± its standard error over the scored windows.")
+    if any(r["decode_tokens_per_s_min"] is not None for r in rows):
+        out.append("decode tok/s: median (min–max) over the repeats.")
+    if any(r["sanity_flags"] for r in rows):
+        out.append(f"{FLAGGED} a sanity gate flagged the cell (characters per token, baseline perplexity or window "
+                   f"length out of range): its runs.notes say which; do not trust its figures unread.")
+    if any(r["ran_dense"] for r in rows):
+        out.append(f"{DENSE} ran dense: the engine decompressed the quantized weights at load (weights in use "
+                   f"> 1.25 × stored), so its speed and memory are a 16-bit model's, not the format's.")
+    out += ["", render_markdown(rows, skipped, failed)]
     served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
     if served:
         out += ["", "## Served latency", "", *_serving_header([r["settings"] for r in served]), "",

@@ -171,7 +171,7 @@ def start_cluster(nodes: int, gpus: int):
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if nodes <= 1:
-        ray.init(num_cpus=gpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=gpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         return None
     from ray.cluster_utils import Cluster
@@ -241,11 +241,11 @@ def main() -> None:
 
             builds_run: list[dict] = []
 
-            def noting_first_build(flight, manifest, error):
+            def noting_first_build(flight, manifest, error, *rest):
                 first_build.append(time.time())
                 if manifest:
                     builds_run.append({**manifest, "kind": "build"})
-                return quantize_done(flight, manifest, error)
+                return quantize_done(flight, manifest, error, *rest)
             sched._quantize_done = noting_first_build
             sampler = CpuSampler()
             sampler.start()

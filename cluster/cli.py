@@ -1,13 +1,17 @@
 """`qmx`: the command line. Thin: each command parses, delegates, and prints."""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="quantmatrix: a distributed benchmarking matrix for LLM quantization.")
@@ -15,71 +19,122 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 RESULTS = typer.Option("results", "--results", "-r", help="results store: a folder, or a URI (file://, s3://, gs://)")
+MAX_CELLS = typer.Option(10_000, "--max-cells", min=1, help="refuse a spec whose dimensions multiply to more cells "
+                                                            "(counted before anything is expanded)")
 
 
-def _load(spec_path: Path):
+def _fail(message: str, code: int = 2):
+    """One line on stderr (never read as rich markup: specs and SQL carry brackets), then exit."""
+    err.print(message, style="red", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def out(text: str) -> None:
+    """Plain text on stdout, markup-free."""
+    console.print(text, markup=False, highlight=False)
+
+
+# the choices of the enumerated arguments: typer makes a Literal a choice and refuses anything else
+# (exit 2, the choices listed)
+QueryFormat = Literal["table", "csv", "json"]
+SchemaSubject = Literal["spec", "results"]
+RankFormat = Literal["markdown", "json"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from jobs.versions import project_version
+        console.print(f"quantmatrix {project_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                      help="print quantmatrix's version and commit, then exit")):
+    pass   # the options of `qmx` itself; the help text is the Typer app's
+
+
+def _load(spec_path: Path, max_cells: int | None = None):
+    """The validated spec, its cell count checked against `max_cells`; a spec error is one message, exit 2."""
     from matrix import SpecError, load_spec
+    from matrix.expand import check_matrix_size
     try:
-        return load_spec(spec_path)
+        parsed = load_spec(spec_path)
+        if max_cells is not None:
+            check_matrix_size(parsed, max_cells)
+        return parsed
     except SpecError as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(2)
+        _fail(str(e))
 
 
 @app.command()
 def sweep(spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
           results: str = RESULTS,
-          address: str = typer.Option(None, "--address", help="Ray cluster address (default: start an embedded Ray)")):
+          address: str = typer.Option(None, "--address", help="Ray cluster address (default: start an embedded Ray)"),
+          max_cells: int = MAX_CELLS,
+          verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="show the libraries' own output from the workers (progress bars, logs)")):
     """Validate, expand and run a sweep; each finished cell lands in Parquet at once. Reruns resume.
-    Ctrl-C stops cleanly: finished cells stay, a rerun resumes (exit code 130)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    Shows each running build and cell with its stage, and a line per finished cell (one plain line per event
+    when stdout is not a terminal). Ctrl-C stops cleanly: finished cells stay, a rerun resumes (exit code 130)."""
+    from analysis.store import StoreNotWritable
+    from cluster import noise
+    from cluster.driver import ModelConfigError, PlacementError, SweepInterrupted, run_sweep
+    from cluster.progress import SweepConsole
 
-    from cluster.driver import PlacementError, SweepInterrupted, run_sweep
-
-    parsed = _load(spec)
+    if verbose:
+        for line in noise.explain():
+            console.print(line, style="dim", markup=False, highlight=False)
+    else:
+        noise.quiet()
+    parsed = _load(spec, max_cells)
     try:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            task = progress.add_task(f"sweep {parsed.name}", total=None)
-
-            def on_progress(_: str, done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            report = run_sweep(parsed, results, address, on_progress)
-    except PlacementError as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(2)
+        with SweepConsole(console, parsed.name) as shown:
+            report = run_sweep(parsed, results, address, shown, log_to_driver=verbose)
+    except (PlacementError, StoreNotWritable, ModelConfigError) as e:
+        _fail(str(e))
     except SweepInterrupted as e:
-        err.print(f"[yellow]{e}[/yellow]", highlight=False)
+        err.print(str(e), style="yellow", markup=False, highlight=False)
         raise typer.Exit(130)
+    # labels and reasons carry the spec's strings: Text, never markup
     for s in report.skipped_cells:
-        console.print(f"[yellow]skipped[/yellow] {s.cell.model} {s.cell.label}: {s.reason}", highlight=False)
+        console.print(Text.assemble(("skipped", "yellow"), f" {s.cell.model} {s.cell.label}: {s.reason}"))
     for label, error in report.failures:
-        console.print(f"[red]failed[/red] {label}: {error}", highlight=False)
-    console.print(f"{report.cells} cells ({report.already_done} already done), {report.skipped} skipped; "
+        console.print(Text.assemble(("failed", "red"), f" {label}: {error}"))
+    console.print(f"{_plural(report.cells, 'cell')} ({report.already_done} already done), {report.skipped} skipped; "
                   f"ran {report.ran}: {report.succeeded} ok, {report.failed} failed; "
-                  f"{report.quantizations} quantizations; {report.workers_started} workers; "
+                  f"{_plural(report.quantizations, 'quantization')}; {_plural(report.workers_started, 'worker')}; "
                   f"{report.seconds:.1f} s", highlight=False)
+    if report.elsewhere:      # claimed by another live sweep on this store, and finished by it
+        console.print(f"{_plural(report.elsewhere, 'cell')} run meanwhile by another sweep on this store",
+                      highlight=False)
+    if shown.clock.seconds:
+        console.print(f"time by stage, summed over builds and cells: {shown.clock.summary()}", highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
 
 @app.command()
-def plan(spec: Path = typer.Argument(..., help="sweep spec (YAML)")):
+def plan(spec: Path = typer.Argument(..., help="sweep spec (YAML)"), max_cells: int = MAX_CELLS):
     """Show the cells with estimated memory against the target GPU, the skipped cells with reasons,
     and the quantization jobs after dedup. Reads model configs only, never weights."""
     from cluster.driver import plan_sweep, read_configs
     from matrix.plan import build_plan
 
-    parsed = _load(spec)
+    from cluster.driver import ModelConfigError
+
+    parsed = _load(spec, max_cells)
     try:
         configs = read_configs(parsed)
-        expansion = plan_sweep(parsed, configs)
-    except Exception as e:   # an unreachable hub model or unreadable config: say which, no traceback
-        err.print(f"[red]cannot read the model configs: {type(e).__name__}: {e}[/red]", highlight=False)
-        raise typer.Exit(2)
+    except ModelConfigError as e:   # an unreachable hub model or unreadable config: say which, no traceback
+        _fail(str(e))
+    expansion = plan_sweep(parsed, configs)
     p = build_plan(parsed, expansion, configs)
     _print_plan(p)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _gib(n: int) -> str:
@@ -88,22 +143,27 @@ def _gib(n: int) -> str:
 
 def _print_plan(p) -> None:
     target = f"target GPU {p.target}" if p.target else "no target GPU"
-    table = Table(title=f"{p.name}: {len(p.rows)} cells ({target})")
-    table.add_column("model", overflow="fold")
-    table.add_column("cell", overflow="fold")
-    table.add_column("engine")
-    table.add_column("kv")
-    table.add_column("artifact", no_wrap=True, min_width=12)
-    table.add_column("est. weights", justify="right", no_wrap=True)
-    table.add_column("fits", justify="right", no_wrap=True)
+    by_model: dict[str, list] = {}
     for r in p.rows:
-        c = r.cell
-        artifact = "—" if c.is_baseline else "at load" if r.quantizes_at_load else c.artifact_key
-        weights = _gib(r.estimate.weight_bytes) if r.estimate else "?"
-        fit = "" if r.fit is None else \
-            f"[green]yes {r.fit.fraction:.0%}[/green]" if r.fit.fits else f"[red]no {r.fit.fraction:.0%}[/red]"
-        table.add_row(c.model, c.label, c.engine, c.kv_cache_dtype, artifact, weights, fit)
-    console.print(table)
+        by_model.setdefault(r.cell.model, []).append(r)
+    console.print(f"{p.name}: {len(p.rows)} cells ({target})", markup=False, highlight=False)
+    # one table per model, its id in the title: a long hub id in a column wraps over lines at 80 columns
+    for model, rows in by_model.items():
+        table = Table(title=f"{escape(model)}: {len(rows)} cells", title_justify="left")
+        table.add_column("cell", overflow="fold")
+        table.add_column("engine")
+        table.add_column("kv", no_wrap=True)
+        table.add_column("artifact", no_wrap=True, min_width=12)
+        table.add_column("est. weights", justify="right", no_wrap=True)
+        table.add_column("fits", justify="right", no_wrap=True)
+        for r in rows:
+            c = r.cell
+            artifact = "—" if c.is_baseline else "at load" if r.quantizes_at_load else c.artifact_key
+            weights = _gib(r.estimate.weight_bytes) if r.estimate else "?"
+            fit = "" if r.fit is None else \
+                f"[green]yes {r.fit.fraction:.0%}[/green]" if r.fit.fits else f"[red]no {r.fit.fraction:.0%}[/red]"
+            table.add_row(Text(c.label), c.engine, c.kv_cache_dtype, artifact, weights, fit)
+        console.print(table)
     if p.skipped:
         # grouped by reason: a big matrix skips hundreds of cells for a handful of reasons
         skipped = Table(title=f"{len(p.skipped)} skipped cells")
@@ -115,7 +175,7 @@ def _print_plan(p) -> None:
             by_reason.setdefault(s.reason, []).append(s.cell)
         for reason, cells in by_reason.items():
             shown = ", ".join(dict.fromkeys(f"{c.label} ({c.engine})" for c in cells[:3]))
-            skipped.add_row(reason, str(len(cells)), shown + (", …" if len(cells) > 3 else ""))
+            skipped.add_row(Text(reason), str(len(cells)), Text(shown + (", …" if len(cells) > 3 else "")))
         console.print(skipped)
     at_load = sum(1 for r in p.rows if r.quantizes_at_load and not r.cell.is_baseline)
     console.print(f"{len(p.rows)} cells, {len(p.skipped)} skipped, {p.excluded} excluded by include/exclude",
@@ -132,31 +192,60 @@ def _print_plan(p) -> None:
 
 @app.command()
 def query(sql: str = typer.Argument(..., help="one read-only SQL statement"), results: str = RESULTS,
-          fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json")):
+          fmt: QueryFormat = typer.Option("table", "--format", "-f")):
     """Run SQL on DuckDB over the results (views: cells, runs, metrics, results, leaderboard, serving, skipped, …)."""
     from analysis.catalog import NoResults, query as run_query
+
+    import duckdb
+
+    from matrix.shown import bounded
 
     try:
         out = run_query(results, sql)
     except (NoResults, PermissionError, ValueError) as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(2)
-    except Exception as e:   # DuckDB parser/binder errors: show them, not a traceback
-        err.print(f"[red]{type(e).__name__}: {e}[/red]", highlight=False)
-        raise typer.Exit(2)
+        _fail(str(e))
+    except duckdb.Error as e:   # DuckDB parser/binder/permission errors: one line, not a traceback
+        _fail(bounded(f"{type(e).__name__}: {' '.join(str(e).split())}"))
+    rows = out.to_pylist()
     if fmt == "json":
-        sys.stdout.write(json.dumps(out.to_pylist(), default=str, indent=1) + "\n")
+        sys.stdout.write(json.dumps(rows, default=_json_value, indent=1) + "\n")
     elif fmt == "csv":
-        import pyarrow.csv as pc
-        pc.write_csv(out, sys.stdout.buffer)
+        import csv
+        # the csv module, not pyarrow's writer: that one refuses list, struct and map columns
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(out.column_names)
+        writer.writerows([("" if v is None else _plain(v)) for v in row.values()] for row in rows)
     else:
         table = Table()
         for name in out.column_names:
-            table.add_column(name)
-        for row in out.to_pylist():
-            table.add_row(*("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-                            for v in row.values()))
+            table.add_column(escape(name))
+        for row in rows:
+            table.add_row(*(Text(_cell_text(v)) for v in row.values()))    # Text: a value is never markup
         console.print(table)
+
+
+def _json_value(v):
+    """What json.dumps cannot write itself: bytes as hex, intervals, decimals, times and the rest as text."""
+    return v.hex() if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+def _plain(v) -> str:
+    """A value as one text field: nested values (lists, structs, maps) as JSON, bytes as hex."""
+    if isinstance(v, (list, dict, tuple)):
+        return json.dumps(v, default=_json_value)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    return str(v)
+
+
+def _cell_text(v) -> str:
+    """A query value for the table: whole numbers (byte counts, token counts stored as DOUBLE) as integers,
+    other floats to 4 significant digits."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.0f}" if v.is_integer() or abs(v) >= 1e4 else f"{v:.4g}"
+    return _plain(v)
 
 
 @app.command()
@@ -168,12 +257,11 @@ def leaderboard(results: str = RESULTS, sweep: str = typer.Option(None, "--sweep
     try:
         sys.stdout.write(leaderboard_markdown(results, sweep) + "\n")
     except NoResults as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(2)
+        _fail(str(e))
 
 
 @app.command()
-def schema(what: str = typer.Argument("spec", help="spec | results")):
+def schema(what: SchemaSubject = typer.Argument("spec")):
     """Print the JSON Schema of the sweep spec, or the results tables' Parquet schemas."""
     if what == "spec":
         from matrix.spec import spec_json_schema
@@ -185,6 +273,182 @@ def schema(what: str = typer.Argument("spec", help="spec | results")):
             console.print(f"[bold]{name}[/bold]")
             for f in s:
                 console.print(f"  {f.name}: {f.type}", highlight=False)
+
+
+# -- deciding: rank, pareto, recommend, compare (analysis/ does the work; these parse and print) ---------
+
+SWEEP = typer.Option(None, "--sweep", help="one sweep only")
+WHERE = typer.Option(None, "--where", help="SQL condition over the leaderboard's columns, e.g. \"engine = 'vllm'\"")
+CONCURRENCY = typer.Option(None, "--concurrency", "-c", help="load level for served metrics (serving_*)")
+
+
+def _decide(fn, results: str, sweep: str | None):
+    """Run an analysis over a connected store; its expected errors become one line and exit 2."""
+    from analysis.catalog import NoResults, check_sweep, connect
+    from analysis.measures import MeasureError
+    from analysis.recommend import GatesError
+    try:
+        con = connect(results)
+        check_sweep(con, sweep)
+        return fn(con)
+    except (NoResults, MeasureError, GatesError, ValueError) as e:
+        _fail(str(e))
+    except Exception as e:      # DuckDB binder errors from --where: the message, not a traceback
+        import duckdb
+        if isinstance(e, duckdb.Error):
+            _fail(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        raise
+
+
+def _markdown_rows(columns: list[tuple[str, str]], rows: list[dict]) -> str:
+    """(header, key) columns as a Markdown table; floats to 4 significant digits, bytes in MiB/GiB."""
+    from analysis.markdown import fmt_bytes, table
+
+    def cell(key: str, v) -> str:
+        if v is None:
+            return "–"
+        if key.endswith("bytes"):
+            return fmt_bytes(v)
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return "\n".join(table([h for h, _ in columns], [[cell(k, r.get(k)) for _, k in columns] for r in rows],
+                            left=("model", "cell", "engine", "kv")))
+
+
+_IDENTITY = [("model", "model"), ("cell", "label"), ("engine", "engine"), ("kv", "kv_cache_dtype")]
+
+
+@app.command()
+def rank(by: str = typer.Option(..., "--by", help="metric or leaderboard column, e.g. kl_divergence_mean"),
+         results: str = RESULTS, sweep: str = SWEEP, where: str = WHERE, concurrency: int = CONCURRENCY,
+         fmt: RankFormat = typer.Option("markdown", "--format", "-f")):
+    """Cells ordered by one metric, best first (its direction is the metric's own), with the
+    baseline-relative columns beside it. Cells whose min–max ranges overlap share a rank."""
+    from analysis.rank import rank as run_rank
+
+    target, context, rows = _decide(lambda con: run_rank(con, by, sweep, where, concurrency), results, sweep)
+    if fmt == "json":
+        keys = ["rank", "tied", "sweep", "model", "label", "engine", "kv_cache_dtype", target.column,
+                *(m.column for m in context), "cell_id"]
+        sys.stdout.write(json.dumps([{k: r.get(k) for k in keys} for r in rows], default=str, indent=1) + "\n")
+        return
+    cols = [("rank", "rank_text"), *_IDENTITY, *((m.header, m.column) for m in (target, *context))]
+    for r in rows:
+        r["rank_text"] = "–" if r["rank"] is None else f"={r['rank']}" if r["tied"] else str(r["rank"])
+    out(f"Ranked by {target.describe()}; '=' marks cells whose measured ranges overlap.")
+    sys.stdout.write(_markdown_rows(cols, rows) + "\n")
+
+
+@app.command()
+def pareto(x: str = typer.Option(..., "--x", help="first axis: a metric or leaderboard column"),
+           y: str = typer.Option(..., "--y", help="second axis"),
+           z: str = typer.Option(None, "--z", help="optional third axis"),
+           results: str = RESULTS, sweep: str = SWEEP, where: str = WHERE, concurrency: int = CONCURRENCY):
+    """The non-dominated cells per model and engine on the chosen axes, each in its own direction."""
+    from analysis.pareto import pareto as run_pareto
+
+    axes = [a for a in (x, y, z) if a]
+    measures, table = _decide(lambda con: run_pareto(con, axes, sweep, concurrency, where), results, sweep)
+    out("Pareto set per model and engine on " + ", ".join(m.describe() for m in measures) + ":")
+    sys.stdout.write(_markdown_rows([*_IDENTITY, *((m.header, m.column) for m in measures)],
+                                    table.to_pylist()) + "\n")
+
+
+@app.command()
+def recommend(results: str = RESULTS, sweep: str = SWEEP, where: str = WHERE,
+              gates: Path = typer.Option(None, "--gates", help="YAML file of gates (the flags' names, _ for -)"),
+              max_ppl_delta_pct: float = typer.Option(None, help="perplexity at most this % above the baseline"),
+              max_kl: float = typer.Option(None, help="mean KL divergence to the baseline at most this (nats)"),
+              min_recovery_pct: float = typer.Option(None, help="lm-eval accuracy at least this % of the baseline's"),
+              sla_ttft_p95_ms: float = typer.Option(None, help="served TTFT p95 at most this (ms), at --concurrency"),
+              sla_tpot_p95_ms: float = typer.Option(None, help="served TPOT p95 at most this (ms), at --concurrency"),
+              concurrency: int = CONCURRENCY,
+              memory_gib: float = typer.Option(None, help="weights at most this many GiB"),
+              optimize: str = typer.Option(None, help="decode | throughput | goodput | memory (default decode)")):
+    """The fastest (or smallest) configuration that passes every gate, the runner-up, and for each
+    rejected cell the gates it failed. Exit 0 when every model has a passing cell, 3 when one has none."""
+    from analysis.recommend import load_gates, recommend as run_recommend, render
+
+    def decide(con):
+        g = load_gates(gates, max_ppl_delta_pct=max_ppl_delta_pct, max_kl=max_kl, min_recovery_pct=min_recovery_pct,
+                       sla_ttft_p95_ms=sla_ttft_p95_ms, sla_tpot_p95_ms=sla_tpot_p95_ms, concurrency=concurrency,
+                       memory_gib=memory_gib, optimize=optimize)
+        return run_recommend(con, g, sweep, where)
+    recs = _decide(decide, results, sweep)
+    out(render(recs))
+    if not recs or any(r.chosen is None for r in recs):
+        raise typer.Exit(3)
+
+
+@app.command()
+def compare(before: str = typer.Argument(..., help="results store (or store#sweep) to compare against"),
+            after: str = typer.Argument(..., help="results store (or store#sweep) to check"),
+            threshold: float = typer.Option(5.0, "--threshold", help="% change in the worse direction that is a regression"),
+            metric: list[str] = typer.Option([], "--metric", "-m", help="only these metrics (repeatable)"),
+            all_rows: bool = typer.Option(False, "--all", help="print every matched metric, not only regressions")):
+    """Cells matched by identity across two runs, per-metric deltas, regressions flagged.
+    Exit 1 when a metric regressed beyond the threshold."""
+    from analysis.catalog import NoResults
+    from analysis.compare import Side, compare as run_compare, render
+
+    try:
+        result = run_compare(Side.parse(before), Side.parse(after), threshold, tuple(metric))
+    except (NoResults, ValueError) as e:
+        _fail(str(e))
+    sys.stdout.write(render(result, all_rows) + "\n")
+    if result.regressions:
+        raise typer.Exit(1)
+
+
+# publish takes recommend's very gate flags: its typer options, declared once (there)
+_GATE_FLAGS = inspect.signature(recommend).parameters
+
+
+@app.command()
+def publish(out_dir: Path = typer.Option(..., "--out", help="folder to write the page and tables into"),
+            results: str = RESULTS, sweep: str = SWEEP,
+            gates: Path = _GATE_FLAGS["gates"].default,
+            max_ppl_delta_pct: float = _GATE_FLAGS["max_ppl_delta_pct"].default,
+            max_kl: float = _GATE_FLAGS["max_kl"].default,
+            min_recovery_pct: float = _GATE_FLAGS["min_recovery_pct"].default,
+            sla_ttft_p95_ms: float = _GATE_FLAGS["sla_ttft_p95_ms"].default,
+            sla_tpot_p95_ms: float = _GATE_FLAGS["sla_tpot_p95_ms"].default, concurrency: int = CONCURRENCY,
+            memory_gib: float = _GATE_FLAGS["memory_gib"].default, optimize: str = _GATE_FLAGS["optimize"].default):
+    """Write leaderboard.md, leaderboard.csv, leaderboard.json and index.html (one self-contained page:
+    sortable table, plots, the recommendation under the gates if given, skipped and failed cells, provenance)."""
+    from analysis.publish import publish as write_all
+    from analysis.recommend import load_gates
+
+    flags = {"max_ppl_delta_pct": max_ppl_delta_pct, "max_kl": max_kl, "min_recovery_pct": min_recovery_pct,
+             "sla_ttft_p95_ms": sla_ttft_p95_ms, "sla_tpot_p95_ms": sla_tpot_p95_ms, "concurrency": concurrency,
+             "memory_gib": memory_gib, "optimize": optimize}
+    wanted = gates is not None or any(v is not None for v in flags.values())
+
+    def write(_con):
+        chosen = load_gates(gates, **flags) if wanted else None
+        try:
+            return write_all(results, out_dir, sweep, chosen)
+        except OSError as e:          # --out is a file, or not writable: say so, no traceback
+            _fail(f"--out {out_dir}: cannot write there: {e.strerror or e}")
+    for path in _decide(write, results, sweep):
+        out(str(path))
+
+
+@app.command()
+def compact(results: str = RESULTS, sweep: str = typer.Option(None, "--sweep", help="one sweep only (default: all)")):
+    """Merge each sweep's per-cell Parquet files into one file per table, so queries open a few files, not
+    thousands. Refused while a sweep writes to it; run it when no query is reading the store either."""
+    from analysis.catalog import NoResults, check_sweep, connect
+    from analysis.store import ResultStore, StoreBusy
+
+    try:
+        con = connect(results)
+        check_sweep(con, sweep)
+        names = [sweep] if sweep else [r[0] for r in con.execute("SELECT DISTINCT sweep FROM runs ORDER BY 1").fetchall()]
+        for name in names:
+            merged = ResultStore(results, name).compact()
+            out(f"{name}: " + (", ".join(f"{t} {n} files -> 1" for t, n in merged.items()) or "already compact"))
+    except (NoResults, StoreBusy, OSError) as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from matrix import Cell
+from matrix.engines import ENGINES
 
 # engines whose TP > 1 run starts one Ray worker per GPU inside the current placement group
-_RAY_EXECUTOR_ENGINES = {"vllm"}
+_RAY_EXECUTOR_ENGINES = {e.name for e in ENGINES.values() if e.ray_executor}
 ACCELERATOR_PREFIX = "accelerator_type:"     # the resource Ray exposes per node for its accelerator
 
 

@@ -26,13 +26,16 @@ def cluster_resources() -> ClusterResources:
                             node_ids=frozenset(n["NodeID"] for n in alive))
 
 
-def connect(address: str | None = None) -> ClusterResources:
-    """`address` (or RAY_ADDRESS) joins a running cluster; none starts a local Ray."""
+def connect(address: str | None = None, log_to_driver: bool = False) -> ClusterResources:
+    """`address` (or RAY_ADDRESS) joins a running cluster; none starts a local Ray. `log_to_driver`:
+    show the workers' own output (the libraries' progress bars and logs), prefixed by Ray."""
     import ray
 
     if not ray.is_initialized():
         # the driver's project code travels to workers through the installed package (or the job's
         # working_dir under `ray job submit`), not through a runtime env set here
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        # "local": with no address Ray would join the cluster named in /tmp/ray/ray_current_cluster (the last
+        # `ray start` on this machine, anyone's); the embedded default is a Ray of its own
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=log_to_driver, configure_logging=False)
     return cluster_resources()

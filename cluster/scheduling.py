@@ -16,6 +16,10 @@ _METHOD_LOAD_UNITS = {"none": 1.0, "nf4": 3.0, "fp4": 3.0, "int8": 3.0}
 _DEFAULT_LOAD_UNITS = 2.0
 _TOKENS_PER_UNIT = 2048.0          # a unit ~ scoring 2k tokens in one forward pass
 _DECODE_STEP_UNITS = 1 / 64        # one decode step ~ a forward over 32 tokens
+# default time limits: generous (a unit is ~1 s of CPU work; loads and downloads are not estimated)
+_TIMEOUT_S_PER_UNIT = 10.0
+CELL_TIMEOUT_FLOOR_S = 600.0
+QUANTIZE_TIMEOUT_FLOOR_S = 3600.0    # calibration solves grow with the model, which costs do not see
 
 
 def estimate_cost(cell: Cell) -> float:
@@ -44,6 +48,11 @@ def estimate_quantize_cost(cell: Cell) -> float:
     """A relative estimate of building a cell's artifact (calibration passes, per-layer solves)."""
     calib = dict(cell.calibration or ())
     return 4.0 + calib.get("samples", 16) * calib.get("seq_len", 256) / _TOKENS_PER_UNIT * 8
+
+
+def time_limit(cost: float, floor: float, limit: float | None = None) -> float:
+    """Seconds a cell or build may run: the spec's limit when set, else 10 s per cost unit, at least `floor`."""
+    return limit if limit is not None else max(floor, _TIMEOUT_S_PER_UNIT * cost)
 
 
 @dataclass(frozen=True)

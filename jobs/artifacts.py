@@ -22,6 +22,7 @@ from jobs.models import cache_root, materialize
 from jobs.process_memory import peak_rss_bytes, reset_peaks, rss_bytes
 from jobs.quantize import get_backend
 from jobs.quantize.formats import describe_quantization
+from jobs.stages import report
 from jobs.versions import library_versions
 from matrix import Cell
 from matrix.methods import artifact_options
@@ -69,6 +70,7 @@ def ensure_artifact(cell: Cell) -> dict[str, Any]:
     backend = get_backend(cell.backend)
     if backend.resolve is not None:
         return {"artifact_key": cell.artifact_key, "quantize_seconds": None, "built": False, **backend.resolve(cell)}
+    report("preparing", "base model")     # a builtin or GGUF model is converted once, here
     base = materialize(cell.model, cell.revision, cell.gguf_file)
     if not backend.writes_artifact:
         return {"artifact_key": cell.artifact_key, "path": base, "format": backend.format,
@@ -95,7 +97,10 @@ def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(dir=artifacts_dir(), prefix=f".{cell.artifact_key}-"))
     try:
         calib = dict(cell.calibration or ())
+        if calib:
+            report("calibration", f"{calib.get('samples')} samples x {calib.get('seq_len')} tokens")
         calibration = build_calibration(AutoTokenizer.from_pretrained(base), calib) if calib else None
+        report("quantizing")
         with peak_memory() as memory:
             start = time.perf_counter()
             facts = backend.quantize(cell, base, tmp, calibration)

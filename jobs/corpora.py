@@ -1,6 +1,6 @@
 """Named text corpora for perplexity and calibration: package-shipped offline, hub when online.
 
-Besides the named corpora below, two name forms reach any text:
+The names (and the `hf:` / `file:` forms) are `matrix.corpora`'s table; this module gives each a loader:
   `hf:<dataset>[:<config>]:<split>:<field>`   a hub dataset (needs network or a warm HF cache)
   `file:<path>`                               a local .jsonl (field "text", else the first string
                                               field of each row) or .txt (documents split on blank lines)
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from jobs.assets import package_file
+from matrix.corpora import NAMED_CORPORA, parse_corpus
 
 _EVALS_SAMPLES = "evals/registry/data/text_compression/samples.jsonl"
 
@@ -73,32 +74,33 @@ def _local_file(path: Path) -> Callable[[], list[str]]:
     return load
 
 
-CORPORA: dict[str, Corpus] = {c.name: c for c in (
-    Corpus("evals-wikipedia", "50 Wikipedia articles from the `evals` package (text_compression)", _evals_source("wikipedia")),
-    Corpus("evals-c4", "50 C4 web documents from the `evals` package (text_compression)", _evals_source("c4")),
-    Corpus("evals-openwebtext", "50 OpenWebText documents from the `evals` package", _evals_source("openwebtext")),
-    Corpus("wikitext2", "WikiText-2 raw test split from the HF hub (the GPTQ/AWQ papers' setting)",
-           # the papers join every row, empty ones included: "\n\n".join(test["text"])
-           _hub_dataset("wikitext", "wikitext-2-raw-v1", "test", drop_empty=False)),
-)}
+_LOADERS: dict[str, Callable[[], list[str]]] = {
+    "evals-wikipedia": _evals_source("wikipedia"),
+    "evals-c4": _evals_source("c4"),
+    "evals-openwebtext": _evals_source("openwebtext"),
+    # the papers join every row, empty ones included: "\n\n".join(test["text"])
+    "wikitext2": _hub_dataset("wikitext", "wikitext-2-raw-v1", "test", drop_empty=False),
+}
+if set(_LOADERS) != set(NAMED_CORPORA):   # one table of names (matrix.corpora), one loader each
+    raise ImportError(f"corpus loaders {sorted(_LOADERS)} do not match matrix.corpora {sorted(NAMED_CORPORA)}")
+CORPORA: dict[str, Corpus] = {name: Corpus(name, description, _LOADERS[name])
+                              for name, description in NAMED_CORPORA.items()}
 
 
 def resolve_corpus(name: str) -> Corpus:
     """The corpus `name` stands for: a named one, `hf:...` or `file:...`."""
-    if name in CORPORA:
+    try:
+        parsed = parse_corpus(name)
+    except ValueError as e:
+        raise KeyError(str(e)) from None
+    if parsed.kind == "named":
         return CORPORA[name]
-    if name.startswith("hf:"):
-        parts = name.removeprefix("hf:").split(":")
-        if len(parts) not in (3, 4) or not all(parts):
-            raise KeyError(f"corpus {name!r}: expected hf:<dataset>[:<config>]:<split>:<field>")
-        dataset, config, split, text_field = parts if len(parts) == 4 else (parts[0], None, parts[1], parts[2])
-        return Corpus(name, f"hub dataset {dataset}" + (f" ({config})" if config else "") + f", split {split}, "
-                      f"field {text_field}", _hub_dataset(dataset, config, split, text_field))
-    if name.startswith("file:"):
-        path = Path(name.removeprefix("file:")).expanduser()
-        return Corpus(name, f"local file {path}", _local_file(path))
-    raise KeyError(f"unknown corpus {name!r}; available: {', '.join(CORPORA)}, hf:<dataset>[:<config>]:<split>:<field>, "
-                   "file:<path.jsonl|path.txt>")
+    if parsed.kind == "hf":
+        return Corpus(name, f"hub dataset {parsed.dataset}" + (f" ({parsed.config})" if parsed.config else "") +
+                      f", split {parsed.split}, field {parsed.field}",
+                      _hub_dataset(parsed.dataset, parsed.config, parsed.split, parsed.field))
+    path = Path(parsed.path).expanduser()
+    return Corpus(name, f"local file {path}", _local_file(path))
 
 
 def load_corpus(name: str) -> list[str]:

@@ -7,6 +7,7 @@ load the same weights the same way reuse the loaded engine (see `_engine_for`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,15 +20,13 @@ import pyarrow as pa
 
 from jobs.artifacts import ensure_artifact
 from jobs.engines import engine_reusable, load_engine
-from jobs.evaluate import TABLE_SCHEMAS, Metric, run_evaluator
+from jobs.evaluate import Metric, run_evaluator
 from jobs.quantize import get_backend
+from jobs.stages import report
 from jobs.versions import library_versions
 from matrix import Cell
+from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS  # noqa: F401  (METRIC_SCHEMA: imported from here by tests)
 
-METRIC_SCHEMA = pa.schema([
-    ("metric", pa.string()), ("value", pa.float64()), ("unit", pa.string()),
-    ("direction", pa.string()), ("settings", pa.string()),
-])
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,19 @@ def _set_threads() -> None:
 
 def _device_name() -> str:
     import torch
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    # the CPU model and the ISA torch dispatches to: kernels (bitsandbytes int8, GEMM blocking) and so
+    # the last digits of a figure follow them, not the thread count
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    return f"cpu ({model}, {torch.backends.cpu.get_cpu_capability()})"
 
 
-# served latency last: on vLLM it replaces the offline engine with vLLM's own server
-_EVALUATION_ORDER = ("perplexity", "kl_divergence", "lm_eval", "prompts", "speed", "serving")
+# served latency last: its load must not warm or crowd what the quality and speed evaluators measure
+_EVALUATION_ORDER = ("perplexity", "kl_divergence", "lm_eval", "gsm8k", "json_output", "long_context", "prompts",
+                     "speed", "serving")
 
 
 def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
@@ -82,6 +89,8 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     reset_peaks()
     start = time.perf_counter()
     manifest = manifest or ensure_artifact(cell)
+    report("loading", "quantizing at load" if manifest["quantize_seconds"] is None and not cell.is_baseline
+           and cell.method != "prequantized" else "")
     engine, reused = _engine_for(cell, manifest, state if state is not None else {})
     metrics: list[Metric] = []
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -93,16 +102,22 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     evaluations = sorted(((n, s) for n, s in json.loads(cell.evaluation).items() if s is not None),
                          key=lambda item: _EVALUATION_ORDER.index(item[0]) if item[0] in _EVALUATION_ORDER else 0)
     notes = list(engine.notes) + (["engine reused from the previous cell on this worker"] if reused else [])
-    # where the cell's time went (a vLLM cell starts two engines: offline, then `vllm serve`)
+    # where the cell's time went; every evaluator shares the one engine (a vLLM cell: one `vllm serve`)
     timings = ["engine reused" if reused else f"engine load {engine.load_seconds:.1f}"]
-    for name, settings in evaluations + [("memory", {})]:
-        t = time.perf_counter()
-        result = run_evaluator(name, engine, settings)
-        timings.append(f"{name} {time.perf_counter() - t:.1f}")
-        metrics += result.metrics
-        notes += result.notes
-        for table, new_rows in result.tables.items():
-            rows.setdefault(table, []).extend(new_rows)
+    try:
+        for name, settings in evaluations + [("memory", {})]:
+            t = time.perf_counter()
+            report(name)
+            result = run_evaluator(name, engine, settings)
+            timings.append(f"{name} {time.perf_counter() - t:.1f}")
+            metrics += result.metrics
+            notes += result.notes
+            for table, new_rows in result.tables.items():
+                rows.setdefault(table, []).extend(new_rows)
+    finally:
+        if not engine_reusable(cell.engine):
+            engine.close()      # e.g. stop the cell's server, so the next cell finds the GPU free
+    notes.append(f"engine starts: {0 if reused else engine.info.get('engine_starts', 1)}")
     notes.append("seconds: " + ", ".join(timings))
     table = pa.Table.from_pylist([{"metric": m.name, "value": m.value, "unit": m.unit, "direction": m.direction,
                                    "settings": m.settings} for m in metrics], schema=METRIC_SCHEMA)

@@ -15,7 +15,8 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from matrix.cells import Cell
-from matrix.methods import METHODS
+from matrix.engines import KV_CACHE_DTYPES
+from matrix.methods import METHODS, resolved_options
 
 GIB = 1024 ** 3
 BF16 = 2
@@ -94,11 +95,16 @@ def _packed_int(bits: int, group: int | None, symmetric: bool, g_idx: bool) -> C
 
 
 def _gptq(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
-    return _packed_int(cell.bits, cell.group_size, bool(opts.get("symmetric", True)), opts.get("actorder") == "group")
+    return _packed_int(cell.bits, cell.group_size, bool(opts["symmetric"]), opts.get("actorder") == "group")
 
 
 def _awq(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
-    return _packed_int(cell.bits, cell.group_size, bool(opts.get("symmetric", False)), False)
+    return _packed_int(cell.bits, cell.group_size, bool(opts["symmetric"]), False)
+
+
+def _published(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
+    # a published checkpoint's grid is not declared: price zero points in (the larger format)
+    return _packed_int(cell.bits, cell.group_size, False, False)
 
 
 def _bnb4(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
@@ -121,13 +127,13 @@ def _bf16(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
 
 
 FORMATS: dict[str, Callable[[Cell, dict[str, Any]], Callable[[int, int], float]]] = {
-    "none": _bf16, "gptq": _gptq, "awq": _awq, "prequantized": _awq, "nf4": _bnb4, "fp4": _bnb4,
+    "none": _bf16, "gptq": _gptq, "awq": _awq, "prequantized": _published, "nf4": _bnb4, "fp4": _bnb4,
     "int8": _int8, "fp8": _fp8,
 }
 # the option naming the modules kept in 16-bit, per method ("" = none); bitsandbytes keeps lm_head by default
 _KEEP_OPTION = {"gptq": "ignore", "awq": "ignore", "fp8": "ignore", "nf4": "skip_modules", "fp4": "skip_modules",
                 "int8": "skip_modules"}
-KV_BYTES = {"auto": 2, "fp8_e4m3": 1, "fp8_e5m2": 1}
+KV_BYTES = KV_CACHE_DTYPES
 
 
 def _kept(name: str, patterns: tuple[str, ...]) -> bool:
@@ -156,7 +162,7 @@ def _weight_bytes(shape: Shape, method: str, bits: int, group: int | None, optio
                   keep: tuple[str, ...]) -> int:
     probe = Cell(model="", revision=None, method=method, backend="", bits=bits, group_size=group,
                  options=options, kv_cache_dtype="auto", engine="hf", calibration=None, evaluation="{}")
-    size = FORMATS[method](probe, dict(options))
+    size = FORMATS[method](probe, resolved_options(method, options))
     total = shape.other_params() * BF16
     for name, out, in_ in shape.linears():
         total += out * in_ * BF16 if keep and _kept(name, keep) else size(out, in_)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -15,7 +16,9 @@ from matrix.cells import Cell, SkippedCell
 from matrix.methods import BASELINE_METHOD, METHODS, MethodInfo
 from matrix.rules import ModelConfig, first_violation
 from matrix.select import selection
-from matrix.spec import MethodSpec, ModelSpec, SweepSpec
+from matrix.spec import MethodSpec, ModelSpec, SpecError, SweepSpec
+
+MAX_CELLS = 10_000        # cells of one spec before expansion is refused (--max-cells raises it)
 
 
 @dataclass(frozen=True)
@@ -42,24 +45,69 @@ def _one_value(info: MethodInfo, name: str, value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _option_grid(info: MethodInfo, options: dict[str, Any]) -> Iterator[tuple[tuple[str, Any], ...]]:
-    names = sorted(options)
-    values = []
-    for n in names:
+def _option_values(info: MethodInfo, options: dict[str, Any]) -> dict[str, list[Any]]:
+    """Each option's values: a grid's list, or the one fixed value."""
+    out = {}
+    for n in sorted(options):
         opt, v = info.option(n), options[n]
         grid = opt.is_grid(v) if opt is not None else isinstance(v, list)
-        values.append([_one_value(info, n, x) for x in (v if grid else [v])])
-    for combo in itertools.product(*values):
-        yield tuple(zip(names, combo))
+        out[n] = v if grid else [v]
+    return out
+
+
+def _option_grid(info: MethodInfo, options: dict[str, Any]) -> Iterator[tuple[tuple[str, Any], ...]]:
+    values = _option_values(info, options)
+    for combo in itertools.product(*([_one_value(info, n, x) for x in v] for n, v in values.items())):
+        yield tuple(zip(values, combo))
+
+
+def _dimensions(ms: MethodSpec) -> dict[str, list[Any]]:
+    """One method entry's own dimensions (bits, group size, option grids), defaults filled in."""
+    info = METHODS[ms.method]
+    return {"bits": ms.bits or [info.bits[0] if len(info.bits) == 1 else 4],
+            "group_size": list(ms.group_size or [128]) if info.grouped else [None],
+            **{f"options.{n}": v for n, v in _option_values(info, ms.options).items()}}
 
 
 def _method_variants(ms: MethodSpec) -> Iterator[tuple[str, int, int | None, tuple]]:
     info = METHODS[ms.method]
     backend = ms.backend or info.backends[0]
-    bits = ms.bits or [info.bits[0] if len(info.bits) == 1 else 4]
-    groups: list[int | None] = list(ms.group_size or [128]) if info.grouped else [None]
-    for b, g, opts in itertools.product(bits, groups, _option_grid(info, ms.options)):
+    dims = _dimensions(ms)
+    for b, g, opts in itertools.product(dims["bits"], dims["group_size"], _option_grid(info, ms.options)):
         yield backend, b, g, opts
+
+
+def _methods_with_baseline(spec: SweepSpec) -> list[MethodSpec]:
+    methods = list(spec.methods)
+    if not any(m.method == BASELINE_METHOD for m in methods):
+        methods.insert(0, MethodSpec(method=BASELINE_METHOD))
+    return methods
+
+
+def matrix_size(spec: SweepSpec) -> tuple[int, str]:
+    """The product of the spec's dimensions (before dedup, include/exclude and rules) and what
+    multiplies, as text: counted from the spec, nothing expanded."""
+    variants = []
+    for ms in _methods_with_baseline(spec):
+        dims = {k: len(v) for k, v in _dimensions(ms).items() if len(v) > 1}
+        variants.append((math.prod(dims.values()), ms.method, dims))
+    n_methods = sum(n for n, _, _ in variants)
+    factors = [("models", len(spec.models)), ("method variants", n_methods),
+               ("kv_cache_dtype", len(spec.kv_cache_dtype)), ("engine", len(spec.engine))]
+    total = math.prod(n for _, n in factors)
+    biggest = sorted(variants, key=lambda v: -v[0])[:2]
+    detail = "; ".join(f"{m} {n:,}" + (f" = {' × '.join(f'{k} {d}' for k, d in dims.items())}" if dims else "")
+                       for n, m, dims in biggest)
+    return total, " × ".join(f"{name} {n:,}" for name, n in factors) + f" ({detail})"
+
+
+def check_matrix_size(spec: SweepSpec, limit: int = MAX_CELLS) -> int:
+    """The spec's cell count; SpecError naming the count and the dimensions past `limit`."""
+    total, why = matrix_size(spec)
+    if total > limit:
+        raise SpecError(f"the matrix has {total:,} cells ({why}); the limit is {limit:,}: raise it with "
+                        "--max-cells, or shrink a dimension")
+    return total
 
 
 def evaluation_json(spec: SweepSpec) -> str:
@@ -75,9 +123,7 @@ def expand_matrix(spec: SweepSpec, model_configs: dict[str, ModelConfig] | None 
     evaluation = evaluation_json(spec)
     calibration = tuple(sorted(spec.calibration.model_dump().items()))
     wanted = selection(list(spec.exclude), [(r.when, r.require) for r in spec.include])
-    methods = list(spec.methods)
-    if not any(m.method == BASELINE_METHOD for m in methods):
-        methods.insert(0, MethodSpec(method=BASELINE_METHOD))
+    methods = _methods_with_baseline(spec)
 
     cells: dict[str, Cell] = {}
     skipped: dict[str, SkippedCell] = {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from matrix.shown import shown
+
 _NO_DEFAULT = object()
 
 
@@ -29,16 +31,16 @@ class OptionInfo:
     def check(self, value: Any) -> str | None:
         """Why `value` is not a valid single value of this option, or None."""
         if self.kind == "bool" and not isinstance(value, bool):
-            return f"expects true or false, got {value!r}"
+            return f"expects true or false, got {shown(value)}"
         if self.kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"expects a number, got {value!r}"
+            return f"expects a number, got {shown(value)}"
         if self.kind == "str" and not (isinstance(value, str) and value):
-            return f"expects a non-empty string, got {value!r}"
+            return f"expects a non-empty string, got {shown(value)}"
         if self.kind == "choice" and value not in self.choices:
-            shown = ", ".join("null" if c is None else str(c) for c in self.choices)
-            return f"value {value!r} not allowed; allowed: {shown}"
+            allowed = ", ".join("null" if c is None else str(c) for c in self.choices)
+            return f"value {shown(value)} not allowed; allowed: {allowed}"
         if self.kind == "modules" and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
-            return f"expects a list of module names, got {value!r}"
+            return f"expects a list of module names, got {shown(value)}"
         return None
 
     def is_grid(self, value: Any) -> bool:
@@ -53,7 +55,7 @@ def _ignore(default: tuple[str, ...] = ("lm_head",)) -> OptionInfo:
                       description="modules kept in 16-bit (names or `re:` patterns); lm_head by default")
 
 
-_SYMMETRIC = OptionInfo("symmetric", "bool", description="symmetric integer grid (no zero points)")
+_SYMMETRIC = "symmetric integer grid (no zero points)"
 # GPTQModel's kernel for a GPTQ-format checkpoint on the hf engine (vLLM picks its own). `auto` is
 # GPTQModel's pick by device: Machete on Hopper, which downloads CUTLASS source at first use.
 _KERNEL = OptionInfo("kernel", "choice", ("auto", "marlin", "machete", "exllama_v2", "triton", "torch"),
@@ -97,11 +99,12 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                options=(OptionInfo("actorder", "choice", (None, "static", "group", "weight"), default=None,
                                    description="activation order (desc_act)"),
                         OptionInfo("dampening_frac", "float", default=0.01, description="Hessian damping"),
-                        OptionInfo("symmetric", "bool", default=True, description=_SYMMETRIC.description),
+                        OptionInfo("symmetric", "bool", default=True, description=_SYMMETRIC),
                         _ignore(), _KERNEL),
                description="GPTQ weight-only quantization with second-order error correction"),
     MethodInfo("awq", (4,), ("llmcompressor", "autoawq"), grouped=True, calibrated=True, artifact=True,
-               options=(_SYMMETRIC, _ignore()),
+               # asymmetric (zero points), as AWQ's own default (W4A16_ASYM): declared here, once
+               options=(OptionInfo("symmetric", "bool", default=False, description=_SYMMETRIC), _ignore()),
                description="activation-aware weight quantization"),
     MethodInfo("fp8", (8,), ("llmcompressor",), artifact=True, options=(_ignore(),),
                description="W8A8 FP8 (dynamic activation scales)"),
@@ -128,6 +131,16 @@ def canonical_options(method: str, options: tuple[tuple[str, Any], ...]) -> tupl
         if default is _NO_DEFAULT or value != default:
             out.append((name, value))
     return tuple(out)
+
+
+def resolved_options(method: str, options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The options as a backend uses them: every option with a default filled in, so no backend
+    restates a default (`opts.get(name, literal)`)."""
+    info = METHODS[method]
+    out = {o.name: tuple(o.default) if isinstance(o.default, list) else o.default
+           for o in info.options if o.has_default}
+    out.update(options)
+    return out
 
 
 def _split_at_load(method: str, options: tuple[tuple[str, Any], ...], at_load: bool) -> tuple[tuple[str, Any], ...]:

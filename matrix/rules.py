@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from matrix.cells import Cell
+from matrix.engines import ENGINES
 from matrix.methods import METHODS
 
 ModelConfig = dict[str, Any]
@@ -53,8 +54,9 @@ def _group_divides_layers(cell: Cell, config: ModelConfig) -> str | None:
 
 
 def _fp8_kv_needs_vllm(cell: Cell, _: ModelConfig) -> str | None:
-    if cell.kv_cache_dtype.startswith("fp8") and cell.engine != "vllm":
-        return f"{cell.kv_cache_dtype} KV cache needs the vllm engine (engine is {cell.engine})"
+    if cell.kv_cache_dtype not in ENGINES[cell.engine].kv_cache_dtypes:
+        able = ", ".join(e.name for e in ENGINES.values() if cell.kv_cache_dtype in e.kv_cache_dtypes)
+        return f"{cell.kv_cache_dtype} KV cache needs the {able} engine (engine is {cell.engine})"
     return None
 
 
@@ -73,15 +75,16 @@ def _vllm_compressed_tensors_bits(cell: Cell, _: ModelConfig) -> str | None:
 
 
 def _bitsandbytes_on_hf(cell: Cell, _: ModelConfig) -> str | None:
-    if cell.backend == "bitsandbytes" and cell.engine == "vllm":
-        return (f"{cell.method} (bitsandbytes) runs on the hf engine here: vLLM's bitsandbytes path is "
-                "slated for removal upstream")
+    why = dict(ENGINES[cell.engine].refused_backends).get(cell.backend)
+    if why:
+        able = ", ".join(e.name for e in ENGINES.values() if cell.backend not in dict(e.refused_backends))
+        return f"{cell.method} ({cell.backend}) runs on the {able} engine here: {why}"
     return None
 
 
 def _kernel_on_hf(cell: Cell, _: ModelConfig) -> str | None:
     kernel = dict(cell.options).get("kernel", "auto")
-    if kernel != "auto" and cell.engine != "hf":
+    if kernel != "auto" and ENGINES[cell.engine].picks_kernel:
         return f"kernel {kernel} is GPTQModel's, on the hf engine; {cell.engine} picks its own (use kernel auto)"
     return None
 

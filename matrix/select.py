@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from matrix import engines
 from matrix.cells import Cell
 from matrix.methods import METHODS
 
 Match = Mapping[str, Any]
 
-KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
-ENGINES = ("hf", "vllm")
+KV_CACHE_DTYPES = tuple(engines.KV_CACHE_DTYPES)
+ENGINES = tuple(engines.ENGINES)
 GROUP_SIZES = (32, 64, 128, -1)       # -1: per-channel
 BITS = (2, 3, 4, 8, 16)
 

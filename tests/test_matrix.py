@@ -83,8 +83,7 @@ def test_artifact_key_ignores_kv_engine_and_evaluation():
 
 def test_default_spec_expands_as_documented():
     e = expand_matrix(load_spec(ROOT / "matrix/specs/default.yaml"), {"builtin:smollm2-135m-instruct": SMOL})
-    assert sorted(c.label for c in e.cells) == ["bf16", "gptq w4 g64", "int8 w8 llm_int8_threshold=3.0",
-                                                "int8 w8 llm_int8_threshold=6.0", "nf4 w4"]
+    assert sorted(c.label for c in e.cells) == ["bf16", "gptq w4 g64", "int8 w8", "nf4 w4"]
     assert [s.cell.label for s in e.skipped] == ["gptq w4 g128"]
 
 
@@ -173,9 +172,10 @@ def test_bad_specs_give_spec_errors_never_tracebacks(patch):
         spec = parse_spec(data)
     except SpecError as e:
         header, *problems = str(e).splitlines()
-        assert header.startswith("invalid spec") and problems
-        # each problem names its field path, then says what is wrong
-        assert all(line.startswith("  ") and ": " in line for line in problems), str(e)
+        assert header.startswith("invalid spec") and problems and len(str(e)) < 500
+        # each problem names its field path, then says what is wrong (past the length bound: how many more)
+        problems = [line for line in problems if not line.startswith("  ... and ")]
+        assert problems and all(line.startswith("  ") and ": " in line for line in problems), str(e)
         return
     expand_matrix(spec, {})   # a spec that validates must expand
 

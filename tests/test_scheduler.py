@@ -106,3 +106,12 @@ def test_stage_runtime_envs_from_the_spec():
                                                              "env_vars": {"A": "1"}}
     assert stage_runtime_env(spec.resources, "serve") == {"pip": ["vllm==0.26.0"]}
     assert stage_runtime_env(parse_spec(tiny_spec("plain")).resources, "serve") is None
+
+
+def test_time_limits_default_from_the_cost_estimate_with_a_floor():
+    heavy, light = _cell(ppl_tokens=2**20), _cell(ppl_tokens=256)
+    floor = scheduling.CELL_TIMEOUT_FLOOR_S
+    assert scheduling.time_limit(scheduling.estimate_cost(light), floor) == floor
+    assert scheduling.time_limit(scheduling.estimate_cost(heavy), floor) == 10 * scheduling.estimate_cost(heavy) > floor
+    assert scheduling.time_limit(scheduling.estimate_cost(heavy), floor, limit=30.0) == 30.0     # the spec's own
+    assert parse_spec(tiny_spec("t", resources={"cell_timeout_s": 30})).resources.cell_timeout_s == 30

@@ -117,6 +117,7 @@ def scripted_server(tokens_per_chunk=3, usage=True, fail_every=0, gap_s=0.002):
     async def completions(request):
         body = await request.json()
         state["n"] += 1
+        state.setdefault("stream_options", []).append(body.get("stream_options"))
         if fail_every and state["n"] % fail_every == 0:
             return web.Response(status=500, text="scripted failure")
         state["in_flight"] += 1
@@ -177,6 +178,13 @@ def test_loadgen_counts_three_token_chunks(usage):
         assert s.itl_s[:2] == (0.0, 0.0)        # chunks 3+3+2: two tokens ride with the first
         assert s.token_counts == ("server" if usage else "retokenized")
         assert sum(s.itl_s) == pytest.approx(s.e2e_s - s.ttft_s)
+
+
+def test_loadgen_can_ask_for_final_usage_only_as_vllm_bench_does():
+    with scripted_server(tokens_per_chunk=1, usage=False) as (url, state):
+        (run,) = run_levels(url, PROMPTS, 4, [LoadLevel(2, 6)], words, continuous_usage=False)
+    assert all(s.ok and s.output_tokens == 4 and s.token_counts == "retokenized" for s in run.samples)
+    assert state["stream_options"] == [{"include_usage": True, "continuous_usage_stats": False}] * 7   # warm-up too
 
 
 def test_loadgen_counts_failed_requests():

@@ -6,7 +6,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from analysis.catalog import query
+from analysis.catalog import NoResults, query
 from analysis.store import SCHEMA_VERSION, SCHEMAS, ResultStore
 from jobs.evaluate import TABLE_SCHEMAS
 from jobs.run_cell import METRIC_SCHEMA
@@ -114,5 +114,5 @@ def test_serving_view_and_leaderboard_read_a_real_gpu_sweep():
     served = board[board.index("## Served latency"):]
     assert "50 requests per level, prompt 128 tokens, 64 output tokens" in served
     assert f"| gptq w4 g64 | c=16 closed loop | {rows[2]['ttft_ms_p50']:.1f} / " in served
-    assert "## Served latency" not in leaderboard_markdown(ROOT / "benchmarks/results/gpu-h100-smollm2-session-b",
-                                                           sweep="no-such-sweep")
+    with pytest.raises(NoResults, match="sweeps: 'h100-smollm2'"):
+        leaderboard_markdown(ROOT / "benchmarks/results/gpu-h100-smollm2-session-b", sweep="no-such-sweep")

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # The lent GPU machine (no network), from the repository root, after the stage folders made by
 # `bash ../shared/gpu/stage.sh ../shared/gpu/vllm-gpu.txt ../shared/gpu/quantize-gpu.txt
-# cluster/gpu/project-gpu.txt` (and, for GPTQModel, `bash cluster/gpu/stage-gptqmodel.sh`) were
-# collected there one call each (`install.sh collect .stageN`).
+# cluster/gpu/project-gpu.txt` and `bash cluster/gpu/stage-assets.sh` (and, for GPTQModel,
+# `bash cluster/gpu/stage-gptqmodel.sh`) were collected there one call each (`install.sh collect .stageN`).
 #
 #   bash cluster/gpu/run.sh SECONDS     the GPU sweep for at most SECONDS (SPEC=... picks another spec
-#                                       than h100-smollm2.yaml; SIGINT at the limit: finished cells are
+#                                       than h200-smollm2.yaml; SIGINT at the limit: finished cells are
 #                                       kept, a rerun resumes)
 #   bash cluster/gpu/run.sh bench       vLLM's own `vllm bench throughput` on the bf16 model, in the
 #                                       config of the sweep's throughput metric (256 x 128 in / 128 out)
+#   bash cluster/gpu/run.sh compare     quantmatrix's served client and `vllm bench serve` on one `vllm serve`
+#                                       (cluster/gpu/served_compare.py), then `bench`
+#   bash cluster/gpu/run.sh llama7b     the 7B-shape random Llama of h200-llama7b.yaml (make_llama7b.py)
 #   bash cluster/gpu/run.sh tests       the GPU-marked tests, each file in the environment it needs
 #                                       (tests-quantize / tests-serve: one of the two; TESTS_K=... a -k)
-# Every mode installs the wheel sets first (once per machine).
+# Every mode installs the wheel sets first (once per machine): the stage folders of
+# `../shared/gpu/stage.sh` (vLLM, llm-compressor, cluster/gpu/project-gpu.txt) and of
+# `cluster/gpu/stage-assets.sh` (the corpora's evals package, required), collected one call each.
 #
 # Three environments, as users run them: the driver (Ray, DuckDB, the CLI), the quantize
 # stage (llm-compressor, compressed-tensors 0.19) and the serve stage (vLLM, compressed-tensors
@@ -29,8 +34,11 @@ install() {
   [ -f /tmp/qmx-installed ] && return 0
   local inst
   inst=$(ls .stage*/install.sh | tail -1)
+  # the corpora's package (a slim evals wheel, cluster/gpu/stage-assets.sh) goes beside the driver's set
+  [ -f "${WHEEL_POOL:-/tmp/wheelpool}/assets-gpu.files" ] \
+    || { echo "no assets-gpu set collected: run cluster/gpu/stage-assets.sh here and collect .stage-assets there"; return 1; }
   bash "$inst" install vllm-gpu $SITE_V && bash "$inst" install quantize-gpu $SITE_Q \
-    && bash "$inst" install project-gpu $SITE_P && touch /tmp/qmx-installed \
+    && bash "$inst" install project-gpu $SITE_P && bash "$inst" install assets-gpu $SITE_P && touch /tmp/qmx-installed \
     && { install_gptqmodel || echo "GPTQModel set not installed: its cells and GPU cases will say so"; }
 }
 
@@ -49,6 +57,9 @@ install_gptqmodel() {
 }
 
 install || { echo "install failed"; exit 1; }
+# vLLM's compile caches and FlashInfer's JIT kernels in the folder every cell's server uses on this node
+eval "$(PYTHONPATH=$REPO python3 -c "from jobs.serving.vllm_server import node_cache_env
+for k, v in node_cache_env().items(): print(f'export {k}={v}')")"
 case ${1:-} in
   bench)
     # the builtin model's folder, materialized from its GGUF if no earlier run did it
@@ -61,6 +72,18 @@ case ${1:-} in
       --seed 0 --output-json "$OUT/vllm_bench_throughput.json" 2>&1 | tee "$OUT/vllm_bench_throughput.log" \
       | grep -E "^Throughput|^Total num"
     ;;
+  compare)
+    # quantmatrix's served client beside `vllm bench serve` on one standalone `vllm serve` (the sweep's
+    # engine arguments), then `vllm bench throughput` as in `bench`: run it right after a sweep
+    model=$(PYTHONPATH=$SITE_P:$REPO python3 -c \
+      "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
+    PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${COMPARE_TIMEOUT:-400}" python3 cluster/gpu/served_compare.py \
+      "$model" "$OUT/compare" 2>&1 | tee "$OUT/served_compare.log" | grep -E "^\||vllm serve up"
+    exec bash "$0" bench
+    ;;
+  llama7b)
+    PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py /tmp/models/llama7b
+    ;;
   tests|tests-quantize|tests-serve)
     [ "$1" = tests-serve ] || PYTHONPATH=$SITE_Q:$SITE_G:$SITE_P:$REPO timeout "${TESTS_Q_TIMEOUT:-150}" python3 -m pytest \
       -q -s -m gpu -p no:cacheprovider -k "${TESTS_K:-}" tests/test_gpu_backends.py 2>&1 | tee "$OUT/gpu_tests_quantize.log" \
@@ -71,7 +94,7 @@ case ${1:-} in
     ;;
   *)
     sed -e "s|@REPO@|$REPO|g; s|@SITE_V@|$SITE_V|g; s|@SITE_Q@|$SITE_Q|g; s|@SITE_P@|$SITE_P|g; s|@SITE_G@|$SITE_G|g" \
-      "${SPEC:-cluster/gpu/h100-smollm2.yaml}" > /tmp/spec.yaml
+      "${SPEC:-cluster/gpu/h200-smollm2.yaml}" > /tmp/spec.yaml
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
     # the driver needs neither llm-compressor nor vLLM: the spec's runtime_env gives each stage its own
     PYTHONPATH=$SITE_P:$REPO timeout -s INT -k 30 "${1:-500}" python3 -m cluster.cli sweep /tmp/spec.yaml \

@@ -4,16 +4,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-_MODULES = {"hf": "jobs.engines.hf", "vllm": "jobs.engines.vllm"}
-# engines a long-lived worker may keep loaded across cells; vLLM does not free its GPU memory
-# reliably in-process, so each vLLM cell gets a fresh actor
-_REUSABLE = {"hf"}
+from matrix.engines import ENGINES
+
+_MODULES = {"hf": "jobs.engines.hf", "vllm": "jobs.engines.vllm"}     # the code; its capabilities: matrix.engines
 
 
 def engine_reusable(name: str) -> bool:
-    return name in _REUSABLE
+    return ENGINES[name].reusable
 
 
 @dataclass
@@ -35,10 +34,14 @@ class Engine:
     libraries: tuple[str, ...] = ()                # distributions whose versions the results record
     handle: Any = None                             # engine-specific object (e.g. a vllm.LLM)
     info: dict[str, Any] = field(default_factory=dict)   # engine facts for evaluators (e.g. KV capacity)
+    on_close: Callable[[], None] | None = None     # stops what the engine started (e.g. a server process)
 
     def close(self) -> None:
         """Free the engine's memory before the worker loads the next one."""
         import gc
+        stop, self.on_close = self.on_close, None
+        if stop is not None:
+            stop()
         self.model = self.handle = None
         gc.collect()
         with contextlib.suppress(ImportError):

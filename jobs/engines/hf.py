@@ -12,6 +12,7 @@ from jobs.engines import Engine
 from jobs.evaluate.memory import weight_bytes
 from jobs.models import materialize
 from jobs.quantize import get_backend
+from jobs.tokenizer_check import verify as verify_tokenizer
 
 
 def load(cell, manifest: dict[str, Any]) -> Engine:
@@ -32,6 +33,7 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
         notes.append("linear kernels: " + ", ".join(f"{name} x{n}" for name, n in kernels.items()))
     tok = AutoTokenizer.from_pretrained(manifest["path"])
     base = materialize(cell.model, cell.revision, cell.gguf_file)
+    verify_tokenizer(tok, base, cell.model)      # encodes the probe as when the base was converted
     return Engine("hf", model, tok, "cuda" if on_gpu else "cpu", str(dtype).removeprefix("torch."),
                   time.perf_counter() - start, tuple(notes), base_path=base,
                   base_revision=cell.revision, is_base=manifest["path"] == base and not kwargs,

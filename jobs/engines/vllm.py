@@ -1,14 +1,14 @@
-"""The vLLM engine: offline `vllm.LLM` for quality and throughput, on CUDA GPUs.
+"""The vLLM engine: vLLM's own OpenAI server (`vllm serve`), one start per cell, on CUDA GPUs.
 
-vLLM reads the checkpoint's own quantization config (GPTQ, AWQ, compressed-tensors, FP8), so
-artifacts load as written; bitsandbytes cells belong on the hf engine (`load` refuses them).
-The cell's KV-cache dtype is passed through (`auto`, `fp8_e4m3`, `fp8_e5m2`). The served-latency
-evaluator stops this offline engine and starts vLLM's own OpenAI server with the same
-arguments (`jobs.serving.vllm_server`), so both measure the same configuration.
+Every evaluator of a vLLM cell talks to that one server (`jobs.serving.vllm_server`): quality
+through `prompt_logprobs`, offline-style speed through batched completions requests, served
+latency through streamed ones. vLLM reads the checkpoint's own quantization config (GPTQ, AWQ,
+compressed-tensors, FP8), so artifacts load as written; bitsandbytes cells belong on the hf
+engine (`load` refuses them). The cell's KV-cache dtype is passed through (`auto`, `fp8_e4m3`,
+`fp8_e5m2`).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from jobs.artifacts import dir_bytes
 from jobs.engines import Engine
 from jobs.models import materialize, read_config
 
-# engine arguments every cell shares; the served-latency evaluator reuses them for `vllm serve`
+# engine arguments every cell shares (`vllm serve` flags; `vllm bench` in cluster/gpu/run.sh uses the same)
 GPU_MEMORY_UTILIZATION = 0.85
 MAX_MODEL_LEN = 4096
 MAX_LOGPROBS = 64                       # the KL evaluator's default top-k
@@ -24,7 +24,7 @@ LOAD_TIME_BACKENDS = ("bitsandbytes",)  # quantize-at-load methods this engine d
 
 
 def engine_args(cell, path: str) -> dict[str, Any]:
-    """`vllm.LLM` keyword arguments for `cell`; `vllm serve` gets the same as flags."""
+    """`vllm.LLM` keyword arguments for `cell`, given to `vllm serve` as flags."""
     max_len = min(MAX_MODEL_LEN, read_config(path).get("max_position_embeddings", MAX_MODEL_LEN))
     args = {"model": path, "tokenizer": path, "dtype": "bfloat16", "kv_cache_dtype": cell.kv_cache_dtype,
             "tensor_parallel_size": cell.tensor_parallel_size, "trust_remote_code": cell.trust_remote_code,
@@ -49,35 +49,33 @@ def load(cell, manifest: dict[str, Any]) -> Engine:
     if cell.backend in LOAD_TIME_BACKENDS:
         raise ValueError(f"the vllm engine does not run {cell.backend} ({cell.method}) cells here: "
                          "use engine hf (vLLM's bitsandbytes path is slated for removal upstream)")
-    from vllm import LLM
+    from transformers import AutoTokenizer
+
+    from jobs.serving.vllm_server import start, startup_facts
 
     args = engine_args(cell, manifest["path"])
-    start = time.perf_counter()
-    llm = LLM(**args)
-    seconds = time.perf_counter() - start
-    cfg = llm.llm_engine.vllm_config
-    info = {
-        "engine_args": args,
-        "kv_cache_tokens": (cfg.cache_config.num_gpu_blocks or 0) * cfg.cache_config.block_size,
-        "quantization": cfg.model_config.quantization,
-        "kv_cache_dtype": cfg.cache_config.cache_dtype,
-    }
-    base = materialize(cell.model, cell.revision, cell.gguf_file)
-    return Engine("vllm", None, llm.get_tokenizer(), "cuda", "bfloat16", seconds,
-                  (f"vllm quantization={info['quantization']}, kv_cache_dtype={info['kv_cache_dtype']}",),
+    server = start(args)
+    try:
+        facts = startup_facts(server.log())
+        quant = (read_config(manifest["path"]).get("quantization_config") or {}).get("quant_method")
+        info = {"engine_args": args, "engine_starts": 1, "kv_cache_tokens": facts.get("kv_cache_tokens", 0),
+                "quantization": quant, "kv_cache_dtype": cell.kv_cache_dtype, "startup": facts}
+        tokenizer = AutoTokenizer.from_pretrained(args["tokenizer"], trust_remote_code=cell.trust_remote_code)
+        base = materialize(cell.model, cell.revision, cell.gguf_file)
+        from jobs.tokenizer_check import verify
+        verify(tokenizer, base, cell.model)       # encodes the probe as when the base was converted
+        weight_bytes = checkpoint_bytes(manifest["path"])
+    except BaseException:
+        server.close()
+        raise
+    compile_note = (f"compile cache hit (graphs loaded in {facts['compile_cache_load_seconds']:.1f} s)"
+                    if "compile_cache_load_seconds" in facts else
+                    f"torch.compile {facts['compile_seconds']:.1f} s" if "compile_seconds" in facts else "")
+    notes = (f"vllm serve quantization={quant}, kv_cache_dtype={cell.kv_cache_dtype}",
+             f"vllm start {server.start_seconds:.1f} s" + (f", init engine {facts['init_engine_seconds']:.1f} s"
+                                                       if "init_engine_seconds" in facts else "")
+             + (f", {compile_note}" if compile_note else ""))
+    return Engine("vllm", None, tokenizer, "cuda", "bfloat16", server.start_seconds, notes,
                   base_path=base, base_revision=cell.revision, is_base=cell.is_baseline,
-                  weight_bytes_at_load=checkpoint_bytes(manifest["path"]),
-                  libraries=("vllm", "torch", "transformers"), handle=llm, info=info)
-
-
-def shutdown(engine: Engine) -> None:
-    """Stop the offline engine's core process so its GPU memory is free for the next user."""
-    llm = engine.handle
-    engine.handle = None
-    if llm is None:
-        return
-    core = getattr(llm.llm_engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm
-    engine.close()
+                  weight_bytes_at_load=weight_bytes, libraries=("vllm", "torch", "transformers"),
+                  handle=server, info=info, on_close=server.close)

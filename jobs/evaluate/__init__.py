@@ -8,12 +8,11 @@ An `Evaluation` also carries row tables where one number per metric is not enoug
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any, Literal
+from typing import Any
 
-import pyarrow as pa
+from matrix.results import TABLE_SCHEMAS, Metric  # noqa: F401  (the results contract, re-exported)
 
 _MODULES = {
     "perplexity": "jobs.evaluate.perplexity",
@@ -23,36 +22,9 @@ _MODULES = {
     "lm_eval": "jobs.evaluate.lm_eval_tasks",
     "serving": "jobs.evaluate.serving",
     "prompts": "jobs.evaluate.prompts",
-}
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    value: float
-    unit: str
-    direction: Literal["lower", "higher", "none"]   # which way is better
-    settings: str = "{}"                             # canonical JSON: what makes two values comparable
-
-    @staticmethod
-    def of(name: str, value: float, unit: str, direction: str, **settings: Any) -> "Metric":
-        return Metric(name, float(value), unit, direction, json.dumps(settings, sort_keys=True))
-
-
-# Row tables an evaluator may return beside its metrics (the store adds cell_id and attempt).
-TABLE_SCHEMAS: dict[str, pa.Schema] = {
-    # one row per request of a served-latency run
-    "samples": pa.schema([
-        ("concurrency", pa.int32()), ("request_rate", pa.float64()), ("request", pa.int32()),
-        ("ok", pa.bool_()), ("prompt_tokens", pa.int32()), ("output_tokens", pa.int32()),
-        ("ttft_ms", pa.float64()), ("tpot_ms", pa.float64()), ("itl_ms_mean", pa.float64()),
-        ("e2e_ms", pa.float64()), ("error", pa.string()),
-    ]),
-    # one row per prompt of the user's prompt set
-    "generations": pa.schema([
-        ("prompt_id", pa.string()), ("prompt", pa.string()), ("output", pa.string()),
-        ("output_tokens", pa.int32()), ("seconds", pa.float64()), ("settings", pa.string()),
-    ]),
+    "gsm8k": "jobs.evaluate.gsm8k",
+    "json_output": "jobs.evaluate.json_output",
+    "long_context": "jobs.evaluate.long_context",
 }
 
 

@@ -21,8 +21,15 @@ the engine's device. Its top-k log-probs are cached under
 own model when it *is* the unquantized base, else loading the base with transformers), later
 cells, on any worker sharing the cache, read them.
 
-Metrics: kl_divergence_mean and kl_divergence_p99 over scored tokens (nats), and top1_agreement,
-the fraction of positions where the cell's argmax equals the baseline's.
+Metrics, as llama.cpp's `perplexity --kl-divergence` reports them, over scored tokens:
+kl_divergence_mean (with kl_divergence_mean_stderr), _median, _p90, _p99, _max (nats);
+top1_agreement, llama.cpp's "same top p": the fraction of positions where the cell's argmax equals
+the baseline's (with top1_agreement_stderr); delta_p_mean, delta_p_rms and delta_p_p1 .. delta_p_p99,
+the change p_cell - p_base in the probability of the text's actual next token (probability units,
+so -0.05 is five points lost); perplexity_ratio PPL(cell)/PPL(base) = exp(mean(nll_cell - nll_base))
+on the same tokens, with perplexity_ratio_stderr (delta method on the per-token differences, which
+treats tokens as independent, as llama.cpp does). The baseline against itself is the noise floor:
+KL below 1e-6 and top1_agreement 1 (tests/test_evaluators.py).
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from jobs.filelock import file_lock
 from jobs.models import cache_root
 
 DEFAULT_TOP_K = 64
-_CACHE_FORMAT = 1   # bump when the cached tensors' meaning changes
+_CACHE_FORMAT = 2   # bump when the cached tensors' meaning changes (2: + target_logprob)
 
 
 def _cache_path(engine, ids: list[int], settings: dict[str, Any], top_k: int) -> Path:
@@ -69,7 +76,7 @@ def _rest_logmass(logprobs, idx):
 
 def _reference(model, ids: list[int], settings: dict[str, Any], bos: int | None, device: str, top_k: int):
     import torch
-    tops, idxs, rests = [], [], []
+    tops, idxs, rests, targets = [], [], [], []
     with torch.inference_mode():
         for window, new in scored_windows(ids, settings["context"], settings["stride"], bos):
             if new <= 0:
@@ -77,7 +84,15 @@ def _reference(model, ids: list[int], settings: dict[str, Any], bos: int | None,
             lp = _window_logprobs(model, window, new, device)
             top, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)   # sorted: column 0 is the argmax
             tops.append(top.cpu()); idxs.append(idx.cpu()); rests.append(_rest_logmass(lp, idx).cpu())
-    return {"top_logprobs": torch.cat(tops), "top_ids": torch.cat(idxs), "rest_logmass": torch.cat(rests)}
+            targets.append(_target_logprobs(lp, window, new).cpu())
+    return {"top_logprobs": torch.cat(tops), "top_ids": torch.cat(idxs), "rest_logmass": torch.cat(rests),
+            "target_logprob": torch.cat(targets)}
+
+
+def _target_logprobs(logprobs, window: list[int], new: int):
+    """log-prob of the text's actual next token at each of the last `new` positions."""
+    import torch
+    return logprobs.gather(1, torch.tensor(window[-new:], device=logprobs.device)[:, None])[:, 0]
 
 
 def _load_base(engine):
@@ -118,9 +133,10 @@ def baseline_reference(engine, ids: list[int], settings: dict[str, Any], top_k: 
 
 def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: int | None, device: str,
                          ref: dict[str, Any]):
-    """Per-token coarsened KL(P_ref || Q_model) and per-token top-1 agreement (both 1-D tensors)."""
+    """Per-token coarsened KL(P_ref || Q_model), top-1 agreement and the cell's log-prob of the actual
+    next token (1-D tensors)."""
     import torch
-    kls, agree, row = [], [], 0
+    kls, agree, targets, row = [], [], [], 0
     with torch.inference_mode():
         for window, new in scored_windows(ids, settings["context"], settings["stride"], bos):
             if new <= 0:
@@ -137,13 +153,13 @@ def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: i
             kl = kl + torch.where(p_rest > float("-inf"), p_rest.exp() * (p_rest - q_rest), torch.zeros_like(kl))
             kls.append(kl.clamp_min(0.0))    # float rounding can dip a hair below 0
             agree.append((q.argmax(-1) == idx[:, 0]).float())
+            targets.append(_target_logprobs(q, window, new))
     if row != ref["top_ids"].shape[0]:
         raise RuntimeError(f"baseline reference has {ref['top_ids'].shape[0]} positions, scored {row}")
-    return torch.cat(kls), torch.cat(agree)
+    return torch.cat(kls), torch.cat(agree), torch.cat(targets)
 
 
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
-    import torch
     if engine.model is None:
         # vLLM returns only its own top-k per position, not the cell's mass on the baseline's top-k
         return Evaluation([], notes=(f"kl_divergence not measured on the {engine.name} engine: it needs the "
@@ -153,12 +169,43 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
     top_k = settings.get("top_k", DEFAULT_TOP_K)
     ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
     ref = baseline_reference(engine, ids, settings, top_k)
-    kl, agree = kl_against_reference(engine.model, ids, settings, engine.tokenizer.bos_token_id, engine.device, ref)
+    kl, agree, q_target = kl_against_reference(engine.model, ids, settings, engine.tokenizer.bos_token_id,
+                                               engine.device, ref)
     common = dict(corpus=settings["corpus"], context=settings["context"], stride=settings["stride"],
                   tokens=int(kl.numel()), top_k=top_k, reference=f"unquantized base, {engine.compute_dtype}",
                   approximation="top-k + rest bucket (lower bound on full KL)")
-    return [
-        Metric.of("kl_divergence_mean", kl.mean().item(), "nats", "lower", **common),
-        Metric.of("kl_divergence_p99", torch.quantile(kl.double(), 0.99).item(), "nats", "lower", **common),
-        Metric.of("top1_agreement", agree.mean().item(), "fraction", "higher", **common),
-    ]
+    return statistics_metrics(kl, agree, q_target, ref["target_logprob"], common)
+
+
+_QUANTILES = {"median": 0.5, "p90": 0.9, "p99": 0.99}
+_DELTA_P_QUANTILES = {"p1": 0.01, "p5": 0.05, "median": 0.5, "p95": 0.95, "p99": 0.99}
+
+
+def statistics_metrics(kl, agree, q_target, p_target, common: dict[str, Any]) -> list[Metric]:
+    """llama.cpp's KL-divergence summary (see the module docstring) as metrics."""
+    import math
+
+    import torch
+    kl, agree = kl.double(), agree.double()
+    n = kl.numel()
+    dp = q_target.double().exp() - p_target.double().exp()
+    diff = p_target.double() - q_target.double()       # nll_cell - nll_base per token
+    ratio = math.exp(diff.mean().item())
+    prob = dict(common, delta_p="p_cell - p_base of the actual next token")
+    out = [Metric.of("kl_divergence_mean", kl.mean().item(), "nats", "lower", **common),
+           Metric.of("kl_divergence_mean_stderr", (kl.std() / math.sqrt(n)).item(), "nats", "none", **common)]
+    out += [Metric.of(f"kl_divergence_{name}", torch.quantile(kl, q).item(), "nats", "lower", **common)
+            for name, q in _QUANTILES.items()]
+    out += [Metric.of("kl_divergence_max", kl.max().item(), "nats", "lower", **common),
+            Metric.of("top1_agreement", agree.mean().item(), "fraction", "higher", **common),
+            Metric.of("top1_agreement_stderr", math.sqrt(agree.mean().item() * (1 - agree.mean().item()) / n),
+                      "fraction", "none", **common),
+            Metric.of("delta_p_mean", dp.mean().item(), "probability", "higher", **prob),
+            Metric.of("delta_p_rms", dp.square().mean().sqrt().item(), "probability", "lower", **prob)]
+    out += [Metric.of(f"delta_p_{name}", torch.quantile(dp, q).item(), "probability", "none", **prob)
+            for name, q in _DELTA_P_QUANTILES.items()]
+    ppl = dict(common, formula="exp(mean(nll_cell - nll_base)) over the same tokens; stderr by the delta method, "
+                               "tokens taken as independent (as llama.cpp)")
+    out += [Metric.of("perplexity_ratio", ratio, "ratio", "lower", **ppl),
+            Metric.of("perplexity_ratio_stderr", ratio * (diff.std() / math.sqrt(n)).item(), "ratio", "none", **ppl)]
+    return out

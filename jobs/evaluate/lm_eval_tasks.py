@@ -1,6 +1,18 @@
-"""Multiple-choice accuracy through lm-evaluation-harness, fully offline, on the loaded model.
+"""lm-evaluation-harness tasks on the loaded model: built-in offline ones, lm-eval's own, local YAML.
 
-Tasks are built at run time from package-shipped data, so no hub download is ever needed:
+A name in `tasks` is one of:
+  - a built-in task below (data shipped in packages, fully offline);
+  - a path to a local lm-eval task YAML file (.yaml/.yml; its folder is indexed, so its
+    `include:`s resolve);
+  - any task or group name lm-eval itself ships (gsm8k, mmlu, arc_challenge, hellaswag, ifeval,
+    wikitext, ...), loaded through lm-eval's own TaskManager; their data comes from the hub, so
+    offline such a task is skipped with a one-line note naming the error.
+Multiple-choice `acc` is recorded as `accuracy` (the catalog's recovery-% view reads it, with
+`task` in its settings); every other lm-eval metric as `lm_eval_<metric>`, with lm-eval's own
+higher_is_better, and the filter (e.g. gsm8k's strict-match / flexible-extract) in its settings;
+lm-eval's standard error, where it gives one, as `<name>_stderr`.
+
+Built-in tasks are built at run time from package-shipped data, so no hub download is needed:
 
   evals-mmlu: 1000 MMLU questions shipped in the `evals` package
       (registry/data/sandbagging/samples-all-large.jsonl; each prompt already lists A-D and ends
@@ -76,29 +88,80 @@ def task_dir() -> Path:
     return out
 
 
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _lm_eval_task(task: str, folder: Path, builtin: dict[str, str]):
+    """(what simple_evaluate is given, the results key, source, TaskManager) for one spec name."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import TaskIndex
+
+    if task in builtin:
+        return builtin[task], builtin[task], "builtin", TaskManager(include_path=str(folder), include_defaults=False)
+    if task.endswith(_YAML_SUFFIXES):
+        path = Path(task).expanduser().resolve()
+        entry = TaskIndex.entry_from_path(path)
+        if entry is None:
+            raise ValueError(f"lm_eval: {task} names no task or group (no `task:` or `group:` key)")
+        return str(path), entry.name, "yaml", TaskManager(include_path=str(path.parent), include_defaults=False)
+    return task, task, "lm-eval", _default_task_manager()
+
+
+_DEFAULTS: list = []      # lm-eval's own task index, built once per process (it walks thousands of YAMLs)
+
+
+def _default_task_manager():
+    from lm_eval.tasks import TaskManager
+    if not _DEFAULTS:
+        _DEFAULTS.append(TaskManager())
+    return _DEFAULTS[0]
+
+
+def _metrics(result: dict[str, Any], key: str, **settings: Any) -> list[Metric]:
+    """lm-eval's "<metric>,<filter>" scores of `key` as metrics, each with its stderr where given."""
+    scores, better = result["results"][key], result.get("higher_is_better", {}).get(key, {})
+    n = result["n-samples"]
+    items = n[key]["effective"] if key in n else sum(v["effective"] for v in n.values())   # a group: its subtasks
+    out = []
+    for name, value in scores.items():
+        metric, _, filt = name.partition(",")
+        if not filt or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+            continue
+        ours = "accuracy" if metric == "acc" else f"lm_eval_{metric}"
+        direction = {True: "higher", False: "lower"}.get(better.get(metric), "none")
+        common = dict(settings, items=items, filter=filt)
+        out.append(Metric.of(ours, value, "fraction" if metric.startswith(("acc", "exact_match")) else "value",
+                             direction, **common))
+        stderr = scores.get(f"{metric}_stderr,{filt}")
+        if isinstance(stderr, (int, float)):
+            out.append(Metric.of(f"{ours}_stderr", stderr, out[-1].unit, "none", **common))
+    return out
+
+
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
     if engine.model is None:
         # lm-eval's vllm backend builds its own LLM: a second copy beside this cell's engine
         return Evaluation([], notes=(f"lm_eval not run on the {engine.name} engine here: use the hf engine",))
-    # offline: the tasks read local JSONL; nothing may reach the hub
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     folder = task_dir()
-    names = json.loads((folder / "done").read_text())
-    limit, fewshot = settings.get("limit", 100), settings.get("num_fewshot", 0)
+    builtin = json.loads((folder / "done").read_text())
+    limit, fewshot = settings["limit"], settings["num_fewshot"]
     lm = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=8)
-    metrics = []
-    for task in settings.get("tasks", ["evals-mmlu"]):
-        result = simple_evaluate(model=lm, tasks=[names[task]], num_fewshot=fewshot, limit=limit,
-                                 task_manager=TaskManager(include_path=str(folder), include_defaults=False),
-                                 log_samples=False, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                 fewshot_random_seed=0)
-        scores = result["results"][names[task]]
-        n = result["n-samples"][names[task]]["effective"]
-        metrics.append(Metric.of("accuracy", scores["acc,none"], "fraction", "higher", task=task, items=n,
-                                 num_fewshot=fewshot))
-    return metrics
+    metrics, notes = [], []
+    for task in settings["tasks"]:
+        spec, key, source, manager = _lm_eval_task(task, folder, builtin)
+        try:
+            result = simple_evaluate(model=lm, tasks=[spec], num_fewshot=fewshot, limit=limit, task_manager=manager,
+                                     log_samples=False, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                     fewshot_random_seed=0)
+        except Exception as err:     # noqa: BLE001  a hub task offline, a broken YAML: that task only
+            if source == "builtin":
+                raise
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            notes.append(f"lm_eval task {task} not run ({source}): {type(err).__name__}: {first}")
+            continue
+        metrics += _metrics(result, key, task=task, source=source,
+                            num_fewshot="task default" if fewshot is None else fewshot)
+    return Evaluation(metrics, notes=tuple(notes))

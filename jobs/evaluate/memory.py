@@ -25,14 +25,32 @@ def weight_bytes(model) -> int:
     return total
 
 
+def _board_memory_used() -> int | None:
+    """NVML's used memory of the GPU this process sees first (the whole board), or None."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+    except Exception:      # no NVML or no GPU
+        return None
+
+
 def _vllm(engine) -> list[Metric]:
-    """vLLM holds the weights in its engine-core process: report the checkpoint's weight bytes,
-    the KV cache capacity vLLM allocated, and its GPU memory reservation (a fixed fraction)."""
+    """vLLM holds the weights in its server's engine-core process: report the checkpoint's weight
+    bytes, what vLLM says its weights took on the GPU, the KV cache capacity it allocated, and the
+    board's used memory (vLLM reserves a fixed fraction up front, so this is also its peak)."""
     args = engine.info["engine_args"]
-    return [Metric.of("weight_bytes", engine.weight_bytes_at_load, "bytes", "lower", measured="checkpoint safetensors"),
-            Metric.of("kv_cache_tokens", engine.info["kv_cache_tokens"], "tokens", "higher",
-                      kv_cache_dtype=engine.info["kv_cache_dtype"],
-                      gpu_memory_utilization=args["gpu_memory_utilization"], max_model_len=args["max_model_len"])]
+    out = [Metric.of("weight_bytes", engine.weight_bytes_at_load, "bytes", "lower", measured="checkpoint safetensors"),
+           Metric.of("kv_cache_tokens", engine.info["kv_cache_tokens"], "tokens", "higher",
+                     kv_cache_dtype=engine.info["kv_cache_dtype"],
+                     gpu_memory_utilization=args["gpu_memory_utilization"], max_model_len=args["max_model_len"])]
+    if "weights_gib" in engine.info.get("startup", {}):
+        out.append(Metric.of("weights_on_gpu_bytes", engine.info["startup"]["weights_gib"] * 2**30, "bytes", "lower",
+                             measured="vllm log: Model loading took"))
+    if (used := _board_memory_used()) is not None:
+        out.append(Metric.of("peak_memory_bytes", used, "bytes", "lower", kind="nvml board memory used",
+                             gpu_memory_utilization=args["gpu_memory_utilization"]))
+    return out
 
 
 def evaluate(engine, settings: dict[str, Any]) -> Evaluation:

@@ -57,11 +57,13 @@ def _generate_hf(engine, prompt: str, max_new_tokens: int) -> tuple[str, int]:
 
 
 def _generate_vllm(engine, prompt: str, max_new_tokens: int) -> tuple[str, int]:
-    from vllm import SamplingParams
+    # the cell's `vllm serve`, given the same token ids the hf path generates from
+    from jobs.serving.openai_batch import complete
 
-    out = engine.handle.generate([prompt], SamplingParams(temperature=0, max_tokens=max_new_tokens),
-                                 use_tqdm=False)[0].outputs[0]
-    return out.text, len(out.token_ids)
+    ids = engine.tokenizer(prompt)["input_ids"]
+    out, = complete(engine.handle.url, {"prompt": ids, "max_tokens": max_new_tokens, "temperature": 0.0,
+                                        "return_token_ids": True})
+    return out["text"], len(out["token_ids"])
 
 
 _GENERATE = {"hf": _generate_hf, "vllm": _generate_vllm}

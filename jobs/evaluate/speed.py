@@ -2,7 +2,8 @@
 
 decode tokens/s = (N - 1) / (t(N) - t(1)): generating 1 token is the prefill (TTFT), the
 difference is pure decode. Medians over `repeats` runs after one warm-up, each run on a prompt of
-its own (distinct corpus windows, so no prefix cache serves a prefill).
+its own (distinct corpus windows, so no prefix cache serves a prefill). The spread of the repeats
+rides beside each median as `decode_tokens_per_s_min`/`_max` and `ttft_ms_min`/`_max`.
 
 Batched throughput (`batch_prompts` > 0): that many prompts of `prompt_tokens` at once, each
 generating exactly `new_tokens` (EOS ignored); output tokens/s = all generated tokens / wall time.
@@ -24,6 +25,7 @@ from typing import Any, Callable
 from jobs.evaluate import Metric
 from jobs.evaluate.perplexity import corpus_token_ids
 from jobs.models import read_config
+from jobs.stages import report
 from matrix.estimate import KV_BYTES, Shape
 
 
@@ -45,11 +47,11 @@ def _hf_generate(engine) -> Callable[[list[list[int]], int], None]:
 
 
 def _vllm_generate(engine) -> Callable[[list[list[int]], int], None]:
-    from vllm import SamplingParams
+    # the cell's `vllm serve` (its one engine): all prompts in one request, as LLM.generate batches them
+    from jobs.serving.openai_batch import generate
 
     def run(prompts: list[list[int]], new_tokens: int) -> None:
-        params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0)
-        engine.handle.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        generate(engine.handle.url, prompts, new_tokens)
     return run
 
 
@@ -110,6 +112,13 @@ def _distinct_prompts(tokenizer, n_prompt: int, count: int) -> list[list[int]]:
     return [pool[i * n_prompt:(i + 1) * n_prompt] for i in range(count)]
 
 
+def _spread(common: dict[str, Any], *figures: tuple[str, str, list[float]]) -> list[Metric]:
+    """`<name>_min` and `<name>_max` over the repeats beside each median figure (the decode rate of
+    one run: its full generate minus its own prefill)."""
+    return [Metric.of(f"{name}_{k}", f(values), unit, "none", of=name, **common)
+            for name, unit, values in figures for k, f in (("min", min), ("max", max))]
+
+
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     n_prompt, n_new, repeats = settings["prompt_tokens"], settings["new_tokens"], settings["repeats"]
     generate = _GENERATORS[engine.name](engine)
@@ -118,6 +127,7 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     meter = _EnergyMeter() if engine.device == "cuda" else None
     ttft, full, joules = [], [], []
     for r in range(repeats):
+        report("speed", f"run {r + 1}/{repeats}")
         ttft.append(_timed(lambda: generate([fresh[2 * r]], 1)))
         before = meter.read() if meter else None
         full.append(_timed(lambda: generate([fresh[2 * r + 1]], n_new)))
@@ -131,6 +141,8 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
         Metric.of("decode_tokens_per_s", 1 / tpot, "tok/s", "higher", **common),
         Metric.of("ttft_ms", t1 * 1000, "ms", "lower", **common),
     ]
+    out += _spread(common, ("decode_tokens_per_s", "tok/s", [(n_new - 1) / max(f - t, 1e-9) for f, t in zip(full, ttft)]),
+                   ("ttft_ms", "ms", [t * 1000 for t in ttft]))
     if engine.device == "cuda":
         out += _mbu(engine, tpot, n_prompt + n_new / 2)
     if joules:

@@ -13,6 +13,7 @@ from typing import Any
 
 from jobs.quantize import Backend, Calibration, guarded_import
 from matrix import Cell
+from matrix.methods import resolved_options
 
 _DEAD = "AutoAWQ is deprecated (adopted by llm-compressor); backend llmcompressor runs AWQ"
 
@@ -23,11 +24,11 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
 
     if cell.method != "awq" or calibration is None:
         raise ValueError(f"the autoawq backend implements calibrated awq, not {cell.method}")
-    opts = dict(cell.options)
+    opts = resolved_options(cell.method, cell.options)
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoAWQForCausalLM.from_pretrained(base, trust_remote_code=cell.trust_remote_code)
     config = {"w_bit": cell.bits, "q_group_size": cell.group_size or -1, "version": "GEMM",
-              "zero_point": not bool(opts.get("symmetric", False))}
+              "zero_point": not bool(opts["symmetric"])}
     # AutoAWQ takes text; decoding our token chunks gives it the same calibration text
     texts = [tok.decode(s) for s in calibration.samples]
     model.quantize(tok, quant_config=config, calib_data=texts, n_samples=len(texts),

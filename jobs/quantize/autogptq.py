@@ -14,6 +14,7 @@ from typing import Any
 
 from jobs.quantize import Backend, Calibration, guarded_import
 from matrix import Cell
+from matrix.methods import resolved_options
 
 _DEAD = "AutoGPTQ is unmaintained (0.7.1 needs transformers 4); backend gptqmodel writes the same GPTQ format"
 
@@ -24,9 +25,9 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
 
     if cell.method != "gptq" or calibration is None:
         raise ValueError(f"the autogptq backend implements calibrated gptq, not {cell.method}")
-    opts = dict(cell.options)
+    opts = resolved_options(cell.method, cell.options)
     actorder = opts.get("actorder")
-    config = BaseQuantizeConfig(bits=cell.bits, group_size=cell.group_size or -1, sym=bool(opts.get("symmetric", True)),
+    config = BaseQuantizeConfig(bits=cell.bits, group_size=cell.group_size or -1, sym=bool(opts["symmetric"]),
                                 desc_act=actorder in ("group", "static"), static_groups=actorder == "static",
                                 damp_percent=float(opts.get("dampening_frac", 0.01)))
     model = AutoGPTQForCausalLM.from_pretrained(base, config, trust_remote_code=cell.trust_remote_code)

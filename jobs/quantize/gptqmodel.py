@@ -23,6 +23,7 @@ from typing import Any
 
 from jobs.quantize import Backend, Calibration
 from matrix import Cell
+from matrix.methods import resolved_options
 
 _ACTORDER: dict[str | None, dict[str, bool]] = {
     None: {"desc_act": False, "act_group_aware": False},
@@ -46,10 +47,10 @@ def _skip_rules(ignore: list[str]) -> dict[str, dict]:
 def quantize_config(cell: Cell):
     from gptqmodel import QuantizeConfig
 
-    opts = dict(cell.options)
+    opts = resolved_options(cell.method, cell.options)
     ignore = list(opts.get("ignore", ["lm_head"]))
     return QuantizeConfig(bits=cell.bits, group_size=cell.group_size if cell.group_size is not None else 128,
-                          sym=bool(opts.get("symmetric", True)), damp_percent=float(opts.get("dampening_frac", 0.01)),
+                          sym=bool(opts["symmetric"]), damp_percent=float(opts.get("dampening_frac", 0.01)),
                           lm_head="lm_head" not in ignore, dynamic=_skip_rules(ignore) or None,
                           # keep finished layers in memory: offloading each to disk and back costs
                           # seconds per layer, and the engine must hold the whole model anyway

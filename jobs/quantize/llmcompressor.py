@@ -14,11 +14,14 @@ build then runs with that pinning disabled and the manifest's notes say so.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from jobs.quantize import Backend, Calibration
+from jobs.stages import report
 from matrix import Cell
+from matrix.methods import resolved_options
 
 
 def _weights(cell: Cell, symmetric: bool, actorder: str | None = None):
@@ -38,7 +41,7 @@ def _gptq(cell: Cell, opts: dict[str, Any]) -> tuple[list, str]:
     from compressed_tensors.quantization import QuantizationScheme
     from llmcompressor.modifiers.quantization import GPTQModifier
 
-    symmetric = bool(opts.get("symmetric", True))
+    symmetric = bool(opts["symmetric"])
     scheme = QuantizationScheme(targets=["Linear"], weights=_weights(cell, symmetric, opts.get("actorder")))
     recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=list(opts.get("ignore", ["lm_head"])),
                           dampening_frac=float(opts.get("dampening_frac", 0.01)))
@@ -50,7 +53,7 @@ def _awq(cell: Cell, opts: dict[str, Any]) -> tuple[list, str]:
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform import AWQModifier
 
-    symmetric = bool(opts.get("symmetric", False))   # AWQ's own default keeps zero points (W4A16_ASYM)
+    symmetric = bool(opts["symmetric"])
     scheme = QuantizationScheme(targets=["Linear"], weights=_weights(cell, symmetric))
     # AWQ only scales channels; the QuantizationModifier after it writes the quantized weights
     recipe = [AWQModifier(), QuantizationModifier(config_groups={"group_0": scheme},
@@ -93,6 +96,30 @@ def _no_pinning_without_accelerator(notes: list[str]) -> Iterator[None]:
         IntermediatesCache.pin_memory = original
 
 
+_LAYER = re.compile(r"\blayers\.(\d+)\.")
+
+
+@contextlib.contextmanager
+def _layer_progress(layers: int) -> Iterator[None]:
+    """Report "layer k/N" as llm-compressor works through the layers: GPTQ logs (loguru, INFO) each batch
+    of modules it quantizes ("Quantizing 3 module(s): ['model.layers.4.self_attn.q_proj', ...]")."""
+    from loguru import logger
+
+    seen = {"layer": -1}
+
+    def sink(message) -> None:
+        found = _LAYER.search(message.record["message"])
+        if found and int(found[1]) != seen["layer"]:
+            seen["layer"] = int(found[1])
+            report("quantizing", f"layer {seen['layer'] + 1}/{layers}")
+
+    sink_id = logger.add(sink, level="INFO", filter="llmcompressor", format="{message}")
+    try:
+        yield
+    finally:
+        logger.remove(sink_id)
+
+
 def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -110,7 +137,7 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
                                                  device_map="cuda" if on_gpu else None,
                                                  trust_remote_code=cell.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(base)
-    recipe, scheme = build(cell, dict(cell.options))
+    recipe, scheme = build(cell, resolved_options(cell.method, cell.options))
     notes: list[str] = []
     kwargs: dict[str, Any] = {}
     if calibrated:
@@ -118,7 +145,7 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
         kwargs = {"dataset": Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(s) for s in ids]}),
                   "max_seq_length": calibration.record["seq_len"], "num_calibration_samples": len(ids)}
     guard = _no_pinning_without_accelerator(notes) if cell.method == "awq" else contextlib.nullcontext()
-    with guard:
+    with guard, _layer_progress(model.config.num_hidden_layers):
         oneshot(model=model, recipe=recipe, tokenizer=tok, **kwargs)
     model.to(torch.bfloat16)   # store the unquantized parts (embeddings, norms, scales) as bf16
     model.save_pretrained(out, save_compressed=True)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from jobs.serving.openai_stream import completion_payload, stream_completion
 from jobs.serving.stats import RequestSample, request_sample
+from jobs.stages import report
 
 # a request may queue behind many others on a slow server; a hung one must still end the run
 REQUEST_TIMEOUT_S = 3600.0
@@ -65,11 +66,13 @@ async def _served_model(session, base_url: str) -> str | None:
 
 
 async def _run_level(session, url: str, model: str | None, prompts: Sequence[list[int]], output_tokens: int,
-                     level: LoadLevel, count_tokens: Callable[[str], int], seed: int) -> LevelRun:
+                     level: LoadLevel, count_tokens: Callable[[str], int], seed: int,
+                     continuous_usage: bool = True) -> LevelRun:
     samples: list[RequestSample | None] = [None] * level.requests
 
     async def one(i: int) -> None:
-        result = await stream_completion(session, url, completion_payload(model, prompts[i], output_tokens))
+        result = await stream_completion(session, url, completion_payload(model, prompts[i], output_tokens,
+                                                                          continuous_usage))
         samples[i] = request_sample(i, result, count_tokens, len(prompts[i]))
 
     start = time.perf_counter()
@@ -95,7 +98,7 @@ async def _run_level(session, url: str, model: str | None, prompts: Sequence[lis
 
 
 async def _run(base_url: str, prompts: Sequence[list[int]], output_tokens: int, levels: Sequence[LoadLevel],
-               count_tokens: Callable[[str], int], seed: int, warmup: int) -> list[LevelRun]:
+               count_tokens: Callable[[str], int], seed: int, warmup: int, continuous_usage: bool) -> list[LevelRun]:
     import aiohttp
 
     url = f"{base_url}/v1/completions"
@@ -105,20 +108,25 @@ async def _run(base_url: str, prompts: Sequence[list[int]], output_tokens: int, 
         model = await _served_model(session, base_url)
         offset = 0
         for _ in range(warmup):        # first-call costs (allocations, lazy init) stay out of the numbers
-            await stream_completion(session, url, completion_payload(model, prompts[offset], output_tokens))
+            await stream_completion(session, url, completion_payload(model, prompts[offset], output_tokens,
+                                                                     continuous_usage))
             offset += 1
         runs = []
-        for level in levels:
+        for k, level in enumerate(levels, 1):
+            rate = "" if level.request_rate is None else f", {level.request_rate:g} req/s"
+            report("serving", f"level {k}/{len(levels)}: concurrency {level.concurrency}{rate}")
             runs.append(await _run_level(session, url, model, prompts[offset:offset + level.requests],
-                                         output_tokens, level, count_tokens, seed))
+                                         output_tokens, level, count_tokens, seed, continuous_usage))
             offset += level.requests
         return runs
 
 
 def run_levels(base_url: str, prompts: Sequence[list[int]], output_tokens: int, levels: Sequence[LoadLevel],
-               count_tokens: Callable[[str], int], seed: int = 0, warmup: int = 1) -> list[LevelRun]:
-    """Run the levels in order; `prompts` needs warmup + sum of requests entries (see corpus_prompts)."""
+               count_tokens: Callable[[str], int], seed: int = 0, warmup: int = 1,
+               continuous_usage: bool = True) -> list[LevelRun]:
+    """Run the levels in order; `prompts` needs warmup + sum of requests entries (see corpus_prompts).
+    `continuous_usage`: ask vLLM for a token count with every chunk (see completion_payload)."""
     needed = warmup + sum(level.requests for level in levels)
     if len(prompts) < needed:
         raise ValueError(f"{len(prompts)} prompts for {needed} requests")
-    return asyncio.run(_run(base_url, prompts, output_tokens, levels, count_tokens, seed, warmup))
+    return asyncio.run(_run(base_url, prompts, output_tokens, levels, count_tokens, seed, warmup, continuous_usage))

@@ -48,11 +48,14 @@ class SSEDecoder:
         return events
 
 
-def completion_payload(model: str | None, prompt: str | list[int], max_tokens: int) -> dict:
+def completion_payload(model: str | None, prompt: str | list[int], max_tokens: int,
+                       continuous_usage: bool = True) -> dict:
+    """`continuous_usage=False` asks only for the final usage, as `vllm bench serve` does (chunk
+    token counts then come from re-tokenizing the text)."""
     payload = {
         "prompt": prompt, "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True,
         "temperature": 0.0, "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": continuous_usage},
     }
     if model is not None:
         payload["model"] = model

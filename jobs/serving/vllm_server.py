@@ -1,13 +1,21 @@
-"""vLLM's own OpenAI-compatible server (`vllm serve`) for a vLLM cell's served-latency run.
+"""vLLM's own OpenAI-compatible server (`vllm serve`): the one engine of a vLLM cell.
 
-The offline engine is stopped first (its GPU memory is needed), then `vllm serve` starts as a
-child process with the same engine arguments, on 127.0.0.1 and a free port; the context
-manager yields its base URL once `/health` answers, and stops it afterwards.
+`start(args)` launches `vllm serve` as a child process with the cell's engine arguments, on
+127.0.0.1 and a free port, and returns once `/health` answers. Every evaluator of the cell then
+talks to that one server: perplexity through `prompt_logprobs`, offline-style speed through plain
+completions requests (`jobs.serving.openai_batch`), served latency through streamed ones
+(`serve`). So a vLLM cell costs one engine start, and its served figures are the server users deploy.
+
+Compile and kernel caches go to one folder per node (`cache_env`), shared by every cell's
+server there: vLLM's torch.compile artifacts, Inductor's and Triton's kernels, FlashInfer's
+JIT-built kernels and the driver's PTX cache. What a later start reads from it is in its log
+(`startup_facts`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,10 +23,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 BATCHING = "continuous"     # vLLM's own scheduler
 START_TIMEOUT_S = 900      # a first start on a fresh machine compiles kernels for minutes
+SERVED_MODEL_NAME = "cell"
 
 # LLM(...) keyword -> `vllm serve` flag; booleans become bare flags
 _FLAGS = {"tokenizer": "--tokenizer", "dtype": "--dtype", "kv_cache_dtype": "--kv-cache-dtype",
@@ -27,16 +38,51 @@ _FLAGS = {"tokenizer": "--tokenizer", "dtype": "--dtype", "kv_cache_dtype": "--k
           "seed": "--seed", "max_logprobs": "--max-logprobs",
           "distributed_executor_backend": "--distributed-executor-backend"}
 
+# cache variable -> folder under the node's engine cache (a user's own setting wins)
+_CACHE_VARS = {"VLLM_CACHE_ROOT": "vllm", "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton",
+               "FLASHINFER_WORKSPACE_BASE": "flashinfer", "CUDA_CACHE_PATH": "cuda"}
+
+# what the server's log says about its start: name -> (pattern, converter)
+_LOG_FACTS = {
+    "kv_cache_tokens": (r"GPU KV cache size: ([\d,]+) tokens", lambda s: int(s.replace(",", ""))),
+    "weights_gib": (r"Model loading took ([\d.]+) GiB", float),
+    "compile_seconds": (r"torch\.compile took ([\d.]+) s in total", float),
+    "compile_cache_load_seconds": (r"Directly load the compiled graph\(s\).* took ([\d.]+) s", float),
+    "init_engine_seconds": (r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)", float),
+}
+
 
 def serve_command(args: dict[str, Any], port: int) -> list[str]:
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", args["model"],
-           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "cell"]
+           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_MODEL_NAME]
     for key, flag in _FLAGS.items():
         value = args.get(key)
         if value is None or value is False:
             continue
         cmd += [flag] if value is True else [flag, str(value)]
     return cmd
+
+
+def cache_env(root: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Cache variables pointing into `root` (one folder per node), except those already set."""
+    environ = os.environ if environ is None else environ
+    return {var: str(root / sub) for var, sub in _CACHE_VARS.items() if not environ.get(var)}
+
+
+def node_cache_env() -> dict[str, str]:
+    """`cache_env` under the node's quantmatrix cache (QMX_CACHE): what every server here shares."""
+    from jobs.models import cache_root
+    return cache_env(cache_root() / "engine-cache")
+
+
+def startup_facts(log: str) -> dict[str, float | int]:
+    """The figures a server's start logged (absent ones left out); the last match wins."""
+    facts: dict[str, float | int] = {}
+    for name, (pattern, convert) in _LOG_FACTS.items():
+        hits = re.findall(pattern, log)
+        if hits:
+            facts[name] = convert(hits[-1])
+    return facts
 
 
 def _die_with_parent() -> None:
@@ -60,31 +106,53 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def serve(engine, settings: dict[str, Any]) -> Iterator[str]:
-    from jobs.engines.vllm import shutdown
+@dataclass
+class VllmServer:
+    """A running `vllm serve`: its base URL, process and log."""
+    url: str
+    proc: subprocess.Popen
+    log_path: str
+    start_seconds: float
 
-    args = engine.info["engine_args"]
-    shutdown(engine)        # the server needs the GPU memory the offline engine holds
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def close(self) -> None:
+        """Stop the server and wait until its processes are gone (the next cell needs the GPU)."""
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def start(args: dict[str, Any]) -> VllmServer:
+    """Start `vllm serve` with the engine arguments `args`; return once it answers /health."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="vllm-serve-", suffix=".log", delete=False)
-    proc = subprocess.Popen(serve_command(args, port), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VLLM_NO_USAGE_STATS": "1"}, start_new_session=True,
+    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", **node_cache_env()}
+    began = time.perf_counter()
+    proc = subprocess.Popen(serve_command(args, port), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = open(log.name, errors="replace").read()[-3000:]
-                raise RuntimeError(f"vllm serve did not start (exit {proc.poll()}); log tail:\n{tail}")
-            time.sleep(1)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    server = VllmServer(url, proc, log.name, 0.0)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = server.log()[-3000:]
+            server.close()
+            raise RuntimeError(f"vllm serve did not start (exit {proc.poll()}); log tail:\n{tail}")
+        time.sleep(0.5)
+    server.start_seconds = time.perf_counter() - began
+    return server
+
+
+@contextlib.contextmanager
+def serve(engine, settings: dict[str, Any]) -> Iterator[str]:
+    """The cell's running server (its engine): nothing is started or stopped here."""
+    yield engine.handle.url

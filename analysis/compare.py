@@ -1,0 +1,111 @@
+"""Compare two runs: cells matched by identity (the cell id hashes every dimension), each metric
+measured under the same settings on both sides set against each other, and regressions flagged
+where a figure moved the wrong way (its declared direction) by more than a threshold.
+
+A side is a results store, or one sweep of it (`results#sweep`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.catalog import check_sweep, connect
+from analysis.markdown import table
+
+
+@dataclass(frozen=True)
+class Side:
+    results: str
+    sweep: str | None
+
+    @staticmethod
+    def parse(text: str) -> "Side":
+        results, _, sweep = text.rpartition("#") if "#" in text else (text, "", "")
+        return Side(results, sweep or None)
+
+    def __str__(self) -> str:
+        return self.results + (f"#{self.sweep}" if self.sweep else "")
+
+
+@dataclass(frozen=True)
+class Delta:
+    model: str
+    label: str
+    engine: str
+    metric: str
+    unit: str
+    direction: str
+    before: float
+    after: float
+    cell_id: str
+
+    @property
+    def change_pct(self) -> float | None:
+        return None if self.before == 0 else 100 * (self.after - self.before) / abs(self.before)
+
+    def regressed(self, threshold_pct: float) -> bool:
+        """Worse in the metric's own direction by more than the threshold."""
+        change = self.change_pct
+        if change is None or self.direction not in ("lower", "higher"):
+            return False
+        return change > threshold_pct if self.direction == "lower" else change < -threshold_pct
+
+
+@dataclass(frozen=True)
+class Comparison:
+    before: Side
+    after: Side
+    threshold_pct: float
+    deltas: tuple[Delta, ...]
+    only_before: tuple[str, ...]       # labels of cells the other side lacks
+    only_after: tuple[str, ...]
+
+    @property
+    def regressions(self) -> tuple[Delta, ...]:
+        return tuple(d for d in self.deltas if d.regressed(self.threshold_pct))
+
+    @property
+    def matched_cells(self) -> int:
+        return len({d.cell_id for d in self.deltas})
+
+
+def _metrics(side: Side) -> dict[tuple[str, str, str], dict]:
+    con = connect(side.results)
+    check_sweep(con, side.sweep)
+    where, params = ("WHERE sweep = ?", [side.sweep]) if side.sweep else ("", [])
+    rows = con.sql(f"SELECT cell_id, model, label, engine, metric, value, unit, direction, settings FROM results "
+                   f"{where}", params=params).to_arrow_table().to_pylist()
+    return {(r["cell_id"], r["metric"], r["settings"]): r for r in rows}
+
+
+def compare(before: Side, after: Side, threshold_pct: float = 5.0, metrics: tuple[str, ...] = ()) -> Comparison:
+    a, b = _metrics(before), _metrics(after)
+    keep = (lambda m: m in metrics) if metrics else (lambda m: True)
+    deltas = tuple(sorted(
+        (Delta(ra["model"], ra["label"], ra["engine"], ra["metric"], ra["unit"], ra["direction"],
+               ra["value"], b[k]["value"], ra["cell_id"])
+         for k, ra in a.items() if k in b and keep(ra["metric"])),
+        key=lambda d: (d.model, d.label, d.engine, d.metric)))
+    cells_a = {k[0]: r["label"] for k, r in a.items()}
+    cells_b = {k[0]: r["label"] for k, r in b.items()}
+    return Comparison(before, after, threshold_pct, deltas,
+                      tuple(sorted(lbl for c, lbl in cells_a.items() if c not in cells_b)),
+                      tuple(sorted(lbl for c, lbl in cells_b.items() if c not in cells_a)))
+
+
+def render(cmp: Comparison, all_rows: bool = False) -> str:
+    """A Markdown table of the regressions (or of every delta), then the summary line."""
+    shown = cmp.deltas if all_rows else cmp.regressions
+    lines = [f"Comparing {cmp.after} against {cmp.before}: {cmp.matched_cells} matched cells, "
+             f"{len(cmp.deltas)} metrics under the same settings; regression = worse by more than "
+             f"{cmp.threshold_pct:g} % in the metric's own direction."]
+    if cmp.only_before or cmp.only_after:
+        lines.append(f"Only in {cmp.before}: {', '.join(cmp.only_before) or 'none'}; "
+                     f"only in {cmp.after}: {', '.join(cmp.only_after) or 'none'}.")
+    if shown:
+        rows = [[d.model, d.label, d.engine, f"{d.metric} ({d.unit})", f"{d.before:.6g}", f"{d.after:.6g}",
+                 "–" if d.change_pct is None else f"{d.change_pct:+.2f} %",
+                 "REGRESSION" if d.regressed(cmp.threshold_pct) else ""] for d in shown]
+        lines += ["", *table(["model", "cell", "engine", "metric", "before", "after", "change", "flag"], rows,
+                             left=("model", "cell", "engine", "metric", "flag"))]
+    lines += ["", f"{len(cmp.regressions)} regression(s)" if cmp.regressions else "no regression"]
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Markdown table cells and figures, shared by every Markdown writer (leaderboard, compare, publish)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+
+def row(cells: Iterable[str]) -> str:
+    """One table row; a `|` or a newline inside a cell would break the table."""
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def table(header: list[str], rows: list[list[str]], left: Iterable[str] = ()) -> list[str]:
+    """Header, alignment row (numbers right, the `left` columns left), rows."""
+    left = set(left)
+    return [row(header), "|" + "|".join("---" if h in left else "---:" for h in header) + "|", *map(row, rows)]
+
+
+def fmt(v, spec: str, signed: bool = False) -> str:
+    return "–" if v is None else format(v, ("+" if signed else "") + spec)
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024

@@ -1,0 +1,30 @@
+"""The engine and KV-cache capability tables: each fact about an engine declared once.
+
+The spec's literals, include/exclude, the validity rules, memory estimates, placement and the
+worker pool all read these rows; `jobs.engines` holds the code that loads each engine (a test
+checks that both name the same engines).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# KV-cache dtype -> bytes per element (the plan's KV estimate)
+KV_CACHE_DTYPES: dict[str, int] = {"auto": 2, "fp8_e4m3": 1, "fp8_e5m2": 1}
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    kv_cache_dtypes: tuple[str, ...]       # the KV dtypes it can run
+    reusable: bool                         # a worker may keep it loaded across cells (frees memory in-process)
+    ray_executor: bool                     # at TP > 1 it starts one Ray worker per GPU in the current placement group
+    picks_kernel: bool                     # chooses its own quantized kernels (a GPTQModel `kernel` means nothing)
+    refused_backends: tuple[tuple[str, str], ...] = ()   # (backend, why it does not run here)
+
+
+ENGINES: dict[str, EngineInfo] = {
+    "hf": EngineInfo("hf", ("auto",), reusable=True, ray_executor=False, picks_kernel=False),
+    # vLLM does not free its GPU memory reliably in-process: each vLLM cell gets a fresh actor
+    "vllm": EngineInfo("vllm", tuple(KV_CACHE_DTYPES), reusable=False, ray_executor=True, picks_kernel=True,
+                       refused_backends=(("bitsandbytes", "vLLM's bitsandbytes path is slated for removal upstream"),)),
+}

@@ -1,0 +1,84 @@
+"""The vLLM server engine's CPU-checkable parts: the `vllm serve` command line, the per-node cache
+folders, the facts read from its start-up log, the parsing of its `prompt_logprobs`, and a server
+that dies at start. The server itself runs on the GPU (tests/test_gpu_engines.py)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from jobs.engines import Engine
+from jobs.serving.openai_batch import check_token_counts, own_token_logprobs
+from jobs.serving.vllm_server import cache_env, serve_command, start, startup_facts
+
+
+def test_serve_command_passes_engine_args_as_flags():
+    args = {"model": "/m", "tokenizer": "/m", "dtype": "bfloat16", "kv_cache_dtype": "fp8_e4m3",
+            "tensor_parallel_size": 1, "trust_remote_code": False, "gpu_memory_utilization": 0.85,
+            "max_model_len": 4096, "seed": 0, "max_logprobs": 64}
+    cmd = serve_command(args, 8123)
+    assert cmd[cmd.index("serve") + 1] == "/m" and cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[cmd.index("--kv-cache-dtype") + 1] == "fp8_e4m3"
+    assert cmd[cmd.index("--max-logprobs") + 1] == "64"
+    assert "--trust-remote-code" not in cmd and "--distributed-executor-backend" not in cmd
+    assert "--trust-remote-code" in serve_command({**args, "trust_remote_code": True}, 8123)
+
+
+def test_cache_env_shares_one_node_folder_and_keeps_user_settings(tmp_path):
+    env = cache_env(tmp_path, {"TRITON_CACHE_DIR": "/mine"})
+    assert "TRITON_CACHE_DIR" not in env
+    assert {"VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE"} <= set(env)
+    assert all(Path(v).parent == tmp_path for v in env.values())
+    assert len(set(env.values())) == len(env)       # one sub-folder per cache
+
+
+def test_startup_facts_read_from_vllm_log_lines():
+    # the lines as vLLM 0.26 formats them (gpu_model_runner, kv_cache_utils, compilation, core)
+    log = ("(EngineCore pid=1) INFO 12-01 10:00:00 [gpu_model_runner.py:5348] Model loading took 0.2518 GiB "
+           "memory and 1.234 seconds\n"
+           "(EngineCore pid=1) INFO [backends.py:292] Directly load the compiled graph(s) for compile range "
+           "(1, 16384) from the cache, took 2.714 s\n"
+           "(EngineCore pid=1) INFO [monitor.py:53] torch.compile took 4.01 s in total\n"
+           "(EngineCore pid=1) INFO [kv_cache_utils.py:2177] GPU KV cache size: 3,101,392 tokens\n"
+           "(EngineCore pid=1) INFO [core.py:348] init engine (profile, create kv cache, warmup model) took 21.50 s\n")
+    facts = startup_facts(log)
+    assert facts == {"kv_cache_tokens": 3101392, "weights_gib": 0.2518, "compile_seconds": 4.01,
+                     "compile_cache_load_seconds": 2.714, "init_engine_seconds": 21.5}
+    assert startup_facts("nothing logged") == {}
+
+
+def test_own_token_logprobs_reads_each_prompt_tokens_entry():
+    # vLLM's JSON: token ids as string keys; the top-1 rides along where it is not the prompt token
+    choices = [{"index": 0, "prompt_logprobs": [None, {"7": {"logprob": -1.5, "rank": 2, "decoded_token": "a"},
+                                                       "9": {"logprob": -0.5, "rank": 1, "decoded_token": "b"}},
+                                                {"3": {"logprob": -0.25, "rank": 1, "decoded_token": "c"}}]},
+               {"index": 1, "prompt_logprobs": [None, {"4": {"logprob": -2.0, "rank": 5, "decoded_token": "d"}}]}]
+    assert own_token_logprobs([[1, 7, 3], [2, 4]], choices) == [[None, -1.5, -0.25], [None, -2.0]]
+    with pytest.raises(RuntimeError, match="2 prompt log-probs for a 3-token prompt"):
+        own_token_logprobs([[1, 7, 3], [2, 4, 5]], [choices[0], choices[1]][::-1])
+    with pytest.raises(RuntimeError, match="1 choices for 2 prompts"):
+        own_token_logprobs([[1, 7, 3], [2, 4]], choices[:1])
+
+
+def test_batched_generation_must_return_exactly_the_tokens_asked_for():
+    check_token_counts([{"index": 0, "token_ids": [5, 6]}, {"index": 1, "token_ids": [7, 8]}], 2, 2)
+    with pytest.raises(RuntimeError, match=r"2 choices with \[1, 2\] tokens"):
+        check_token_counts([{"index": 0, "token_ids": [5, 6]}, {"index": 1, "token_ids": [7]}], 2, 2)
+    with pytest.raises(RuntimeError, match=r"1 choices"):
+        check_token_counts([{"index": 0, "token_ids": [5, 6]}], 2, 2)
+
+
+def test_engine_close_stops_what_it_started_once():
+    stops = []
+    engine = Engine("vllm", None, None, "cuda", "bfloat16", 1.0, on_close=lambda: stops.append(1))
+    engine.close()
+    engine.close()
+    assert stops == [1] and engine.handle is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm installed: the server would start")
+def test_a_server_that_dies_at_start_is_reported_with_its_log(monkeypatch, tmp_path):
+    monkeypatch.setenv("QMX_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"(?s)vllm serve did not start \(exit 1\).*No module named .vllm"):
+        start({"model": str(tmp_path)})
