@@ -25,7 +25,6 @@ from matrix.expand import MAX_CELLS, check_matrix_size
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "matrix" / "specs"
 EXAMPLES = {p.name: p.read_text() for p in sorted(SPECS.glob("*.yaml"))}
-QMX = str(Path(sys.executable).with_name("qmx"))
 MESSAGE_LIMIT = 500
 MEMORY_LIMIT = 200 * 2**20
 
@@ -126,17 +125,30 @@ def test_loader_never_crashes_and_stays_bounded(raw):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# `qmx`'s own entry point, in a process that writes its peak RSS (VmHWM) as it exits. Not wait4's
+# ru_maxrss: that counts the pages of the parent copied at fork, so a test process holding a model
+# would charge its 1.4 GB to the child.
+_LAUNCH = """
+import atexit, re, sys
+from pathlib import Path
+peak_file = sys.argv.pop(1)
+atexit.register(lambda: Path(peak_file).write_text(
+    re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)))
+sys.argv[0] = "qmx"
+from cluster.cli import app
+app()
+"""
+
+
 def _qmx(*args: str, cwd: Path, home: Path) -> tuple[int, str, str, int]:
-    """Run the real `qmx`; (exit code, stdout, stderr, the child's own peak RSS in bytes, from wait4)."""
+    """Run the real `qmx`; (exit code, stdout, stderr, the process's own peak RSS in bytes)."""
     env = {**os.environ, "HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([QMX, *args], cwd=cwd, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), \
-            usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak"
+        proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(peak), *args], cwd=cwd, env=env,
+                              capture_output=True, timeout=300)
+        return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"), \
+            int(peak.read_text()) * 1024
 
 
 def _expect_one_error(code: int, out: str, err: str, rss: int, *words: str) -> None:
