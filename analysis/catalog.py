@@ -69,6 +69,12 @@ CREATE TABLE cell_metrics AS     -- a table: the leaderboard joins it three time
          max(value) FILTER (metric = 'chars_per_token') AS chars_per_token,
          max(value) FILTER (metric = 'sanity_flags') AS sanity_flags
   FROM results GROUP BY sweep, cell_id;
+CREATE TABLE metric_catalog AS   -- what each sweep measured: a measure's unit, direction and load levels at a glance
+  SELECT sweep, metric, any_value(unit) AS unit, list(DISTINCT direction ORDER BY direction) AS directions,
+         list(DISTINCT CAST(json_extract(settings, '$.concurrency') AS INTEGER) ORDER BY 1)
+           FILTER (starts_with(metric, 'serving_') AND json_extract(settings, '$.concurrency') IS NOT NULL)
+           AS concurrency_levels
+  FROM results GROUP BY sweep, metric;
 CREATE VIEW baseline_of AS
   -- each cell's baseline: the model's unquantized cell on the same engine, measured under the same settings
   SELECT c.sweep, c.cell_id, b.cell_id AS baseline_cell_id

@@ -68,25 +68,32 @@ class Comparison:
         return len({d.cell_id for d in self.deltas})
 
 
-def _metrics(side: Side) -> dict[tuple[str, str, str], dict]:
+def _metrics(side: Side, by_sweep: bool) -> dict[tuple, dict]:
+    """Rows keyed by (sweep,) cell id, metric, settings: a cell id is the same in every sweep, so a
+    whole store with several sweeps is matched sweep by sweep, never one sweep's row over another's."""
     con = connect(side.results)
     check_sweep(con, side.sweep)
     where, params = ("WHERE sweep = ?", [side.sweep]) if side.sweep else ("", [])
-    rows = con.sql(f"SELECT cell_id, model, label, engine, metric, value, unit, direction, settings FROM results "
+    rows = con.sql(f"SELECT sweep, cell_id, model, label, engine, metric, value, unit, direction, settings FROM results "
                    f"{where}", params=params).to_arrow_table().to_pylist()
-    return {(r["cell_id"], r["metric"], r["settings"]): r for r in rows}
+    sweeps = sorted({r["sweep"] for r in rows})
+    if not by_sweep and len(sweeps) > 1:
+        raise ValueError(f"{side.results} holds sweeps {', '.join(map(repr, sweeps))}: name one as "
+                         f"{side.results}#SWEEP to compare it with one sweep")
+    return {((r["sweep"],) if by_sweep else ()) + (r["cell_id"], r["metric"], r["settings"]): r for r in rows}
 
 
 def compare(before: Side, after: Side, threshold_pct: float = 5.0, metrics: tuple[str, ...] = ()) -> Comparison:
-    a, b = _metrics(before), _metrics(after)
+    by_sweep = before.sweep is None and after.sweep is None     # two whole stores: sweep matched to sweep
+    a, b = _metrics(before, by_sweep), _metrics(after, by_sweep)
     keep = (lambda m: m in metrics) if metrics else (lambda m: True)
     deltas = tuple(sorted(
         (Delta(ra["model"], ra["label"], ra["engine"], ra["metric"], ra["unit"], ra["direction"],
                ra["value"], b[k]["value"], ra["cell_id"])
          for k, ra in a.items() if k in b and keep(ra["metric"])),
         key=lambda d: (d.model, d.label, d.engine, d.metric)))
-    cells_a = {k[0]: r["label"] for k, r in a.items()}
-    cells_b = {k[0]: r["label"] for k, r in b.items()}
+    cells_a = {k[:-2]: r["label"] for k, r in a.items()}     # (sweep,) cell id
+    cells_b = {k[:-2]: r["label"] for k, r in b.items()}
     return Comparison(before, after, threshold_pct, deltas,
                       tuple(sorted(lbl for c, lbl in cells_a.items() if c not in cells_b)),
                       tuple(sorted(lbl for c, lbl in cells_b.items() if c not in cells_a)))

@@ -56,12 +56,16 @@ def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dic
     engines = len({r["engine"] for r in rows}) > 1
     header = ["rank", "cell", *(["engine"] if engines else []), *(c[0] for c in shown)]
     out: list[str] = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
+    sweeps = len({r["sweep"] for r in rows}) > 1
+    # one table (and one ranking) per sweep and model: the view orders by sweep first, and two sweeps'
+    # cells were measured under their own settings and baselines
+    for sweep, model in dict.fromkeys((r["sweep"], r["model"]) for r in rows):
+        mine = [r for r in rows if (r["sweep"], r["model"]) == (sweep, model)]
         body = [[str(i), r["label"] + (f" {FLAGGED}" if r.get("sanity_flags") else ""),
                  *([r["engine"]] if engines else []), *(c[2](r) for c in shown)]
                 for i, r in enumerate(mine, 1)]
-        out += [f"### {model}", "", *table(header, body, left=("cell", "engine")), ""]
+        out += [f"### {model}" + (f" (sweep {sweep})" if sweeps else ""), "",
+                *table(header, body, left=("cell", "engine")), ""]
     if skipped:
         out += ["Skipped by the validity rules:", ""]
         out += [f"- {s['model']} {s['label']}: {s['reason']}" for s in skipped]

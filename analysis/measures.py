@@ -53,8 +53,9 @@ def _leaderboard_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 def concurrency_levels(con: duckdb.DuckDBPyConnection, sweep: str | None = None) -> list[int]:
+    """The load levels served metrics were measured at (in this sweep, or any)."""
     where, params = ("AND sweep = ?", [sweep]) if sweep else ("", [])
-    rows = con.execute(f"SELECT DISTINCT concurrency FROM serving WHERE concurrency IS NOT NULL {where} ORDER BY 1",
+    rows = con.execute(f"SELECT DISTINCT unnest(concurrency_levels) FROM metric_catalog WHERE true {where} ORDER BY 1",
                        params).fetchall()
     return [r[0] for r in rows]
 
@@ -66,10 +67,10 @@ def resolve(con: duckdb.DuckDBPyConnection, name: str, concurrency: int | None =
         raise MeasureError(f"{name[:80]!r} is not a metric name (lower-case letters, digits and _)")
     where, params = ("AND sweep = ?", [sweep]) if sweep else ("", [])
     source = RELATIVE[name][2] if name in RELATIVE else name
-    found = con.execute(f"SELECT any_value(unit), list(DISTINCT direction) FROM results WHERE metric = ? {where}",
-                        [source, *params]).fetchone()
+    found = con.execute(f"SELECT any_value(unit), list(DISTINCT d ORDER BY d) FROM metric_catalog, "
+                        f"unnest(directions) AS t(d) WHERE metric = ? {where}", [source, *params]).fetchone()
     if found is None or found[0] is None:
-        known = [r[0] for r in con.execute(f"SELECT DISTINCT metric FROM results WHERE true {where} ORDER BY 1",
+        known = [r[0] for r in con.execute(f"SELECT DISTINCT metric FROM metric_catalog WHERE true {where} ORDER BY 1",
                                            params).fetchall()]
         needs = f" (it needs {source!r})" if source != name else ""
         raise MeasureError(f"metric {name!r} was not measured in this store{needs}; measured: "
@@ -133,13 +134,14 @@ def cell_table_sql(con: duckdb.DuckDBPyConnection, measures: list[Measure], swee
                      f"GROUP BY sweep, cell_id) m{i} ON m{i}.sweep = l.sweep AND m{i}.cell_id = l.cell_id")
         params += [m.metric] + ([m.concurrency] if m.concurrency is not None else [])
         cols.append(f'm{i}.value AS "{m.column}"')
-    filters = [check_where(con, where)]
+    filters = ["true"]
     if sweep:
         filters.append("l.sweep = ?")
         params.append(sweep)
     if model:
         filters.append("l.model = ?")
         params.append(model)
-    sql = (f"SELECT l.*{''.join(', ' + c for c in cols)} FROM leaderboard l {' '.join(joins)} "
-           f"WHERE {' AND '.join(filters)}")
+    # the user's filter sees the leaderboard alone: the joined measures' sweep/cell_id would make its names ambiguous
+    sql = (f"SELECT l.*{''.join(', ' + c for c in cols)} FROM (SELECT * FROM leaderboard WHERE "
+           f"{check_where(con, where)}) l {' '.join(joins)} WHERE {' AND '.join(filters)}")
     return sql, params

@@ -64,7 +64,10 @@ def test_metrics_are_sane_and_comparable(swept):
     assert rows["nf4 w4"]["weight_bytes"] < rows["int8 w8"]["weight_bytes"] < base["weight_bytes"]
     settings = json.loads(query(results, "select settings from metrics where metric='perplexity' limit 1")
                           .column(0)[0].as_py())
-    assert settings == {"bos": True, "context": 128, "corpus": "evals-wikipedia", "stride": 128, "tokens": 256}
+    assert {k: settings[k] for k in ("bos", "context", "corpus", "stride", "tokens")} == \
+        {"bos": True, "context": 128, "corpus": "evals-wikipedia", "stride": 128, "tokens": 256}
+    # the convention is named on the row itself: token-level, one joined stream, non-overlapping windows
+    assert settings["level"].startswith("token") and settings["windows"] == "non-overlapping"
 
 
 def test_skipped_cell_recorded_with_reason(swept):
