@@ -56,12 +56,16 @@ class Comparison:
     after: Side
     threshold_pct: float
     deltas: tuple[Delta, ...]
-    only_before: tuple[str, ...]       # labels of cells the other side lacks
+    only_before: tuple[str, ...]       # "model label" of cells with no successful result after: failed or gone
     only_after: tuple[str, ...]
 
     @property
     def regressions(self) -> tuple[Delta, ...]:
         return tuple(d for d in self.deltas if d.regressed(self.threshold_pct))
+
+    def failed(self, allow_missing: bool = False) -> bool:
+        """A regression, or (unless allowed) a cell measured before that has no successful result after."""
+        return bool(self.regressions) or (bool(self.only_before) and not allow_missing)
 
     @property
     def matched_cells(self) -> int:
@@ -92,27 +96,32 @@ def compare(before: Side, after: Side, threshold_pct: float = 5.0, metrics: tupl
                ra["value"], b[k]["value"], ra["cell_id"])
          for k, ra in a.items() if k in b and keep(ra["metric"])),
         key=lambda d: (d.model, d.label, d.engine, d.metric)))
-    cells_a = {k[:-2]: r["label"] for k, r in a.items()}     # (sweep,) cell id
-    cells_b = {k[:-2]: r["label"] for k, r in b.items()}
+    cells_a = {k[:-2]: f"{r['model']} {r['label']}" for k, r in a.items()}     # (sweep,) cell id
+    cells_b = {k[:-2]: f"{r['model']} {r['label']}" for k, r in b.items()}
     return Comparison(before, after, threshold_pct, deltas,
                       tuple(sorted(lbl for c, lbl in cells_a.items() if c not in cells_b)),
                       tuple(sorted(lbl for c, lbl in cells_b.items() if c not in cells_a)))
 
 
-def render(cmp: Comparison, all_rows: bool = False) -> str:
+def render(cmp: Comparison, all_rows: bool = False, allow_missing: bool = False) -> str:
     """A Markdown table of the regressions (or of every delta), then the summary line."""
     shown = cmp.deltas if all_rows else cmp.regressions
     lines = [f"Comparing {cmp.after} against {cmp.before}: {cmp.matched_cells} matched cells, "
              f"{len(cmp.deltas)} metrics under the same settings; regression = worse by more than "
              f"{cmp.threshold_pct:g} % in the metric's own direction."]
-    if cmp.only_before or cmp.only_after:
-        lines.append(f"Only in {cmp.before}: {', '.join(cmp.only_before) or 'none'}; "
-                     f"only in {cmp.after}: {', '.join(cmp.only_after) or 'none'}.")
+    if cmp.only_before:
+        counted = "allowed (--allow-missing)" if allow_missing else "counted as regressions"
+        lines.append(f"No successful result in {cmp.after} (failed or missing), {counted}: "
+                     f"{', '.join(cmp.only_before)}.")
+    if cmp.only_after:
+        lines.append(f"New in {cmp.after}: {', '.join(cmp.only_after)}.")
     if shown:
         rows = [[d.model, d.label, d.engine, f"{d.metric} ({d.unit})", f"{d.before:.6g}", f"{d.after:.6g}",
                  "–" if d.change_pct is None else f"{d.change_pct:+.2f} %",
                  "REGRESSION" if d.regressed(cmp.threshold_pct) else ""] for d in shown]
         lines += ["", *table(["model", "cell", "engine", "metric", "before", "after", "change", "flag"], rows,
                              left=("model", "cell", "engine", "metric", "flag"))]
-    lines += ["", f"{len(cmp.regressions)} regression(s)" if cmp.regressions else "no regression"]
+    lost = 0 if allow_missing else len(cmp.only_before)
+    lines += ["", f"{len(cmp.regressions)} regression(s), {lost} lost cell(s)" if cmp.failed(allow_missing)
+              else "no regression"]
     return "\n".join(lines)

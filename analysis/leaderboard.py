@@ -72,14 +72,15 @@ def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dic
         out.append("")
     if failed:
         out += ["Failed (last attempt):", ""]
-        out += [f"- {f['model']} {f['label']} (attempt {f['attempt']}): {f['reason'] or _first_line(f['error'])}"
+        out += [f"- {f['model']} {f['label']} (attempt {f['attempt']}): {f['reason'] or _last_line(f['error'])}"
                 for f in failed]
         out.append("")
     return "\n".join(out).rstrip()
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "no error recorded").strip().splitlines()[-1][:200] if text else "no error recorded"
+def _last_line(text: str | None) -> str:
+    """A traceback's last line: the exception and its message (rows written before `reason` existed)."""
+    return text.strip().splitlines()[-1][:200] if text and text.strip() else "no error recorded"
 
 
 SERVING_COLUMNS = ("cell", "load", "TTFT p50 / p95 / p99 ms", "TPOT p50 / p95 / p99 ms", "req/s", "output tok/s",

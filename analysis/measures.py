@@ -4,6 +4,9 @@ A measure is either a `leaderboard` column or any metric in the store. A metric'
 direction come from its own rows (each evaluator declares them once); the leaderboard's
 baseline-relative columns are the only figures the store does not hold, so they are declared
 here. Served metrics (`serving_*`) hold one value per load level: they take a concurrency.
+Where a cell still holds several values of a measure (closed-loop and Poisson runs at one
+concurrency, a metric under two settings), the worst in the measure's own direction is used:
+a gate passes only when every such figure does.
 """
 from __future__ import annotations
 
@@ -130,7 +133,8 @@ def cell_table_sql(con: duckdb.DuckDBPyConnection, measures: list[Measure], swee
     joins, cols, params = [], [], []
     for i, m in enumerate(dict.fromkeys(m for m in measures if m.joined)):
         level = "AND CAST(json_extract(settings, '$.concurrency') AS INTEGER) = ?" if m.concurrency is not None else ""
-        joins.append(f"LEFT JOIN (SELECT sweep, cell_id, max(value) AS value FROM results WHERE metric = ? {level} "
+        worst = "max" if m.direction == "lower" else "min"
+        joins.append(f"LEFT JOIN (SELECT sweep, cell_id, {worst}(value) AS value FROM results WHERE metric = ? {level} "
                      f"GROUP BY sweep, cell_id) m{i} ON m{i}.sweep = l.sweep AND m{i}.cell_id = l.cell_id")
         params += [m.metric] + ([m.concurrency] if m.concurrency is not None else [])
         cols.append(f'm{i}.value AS "{m.column}"')

@@ -204,6 +204,8 @@ def render(recs: list[Recommendation]) -> str:
         lines.append(f"  chosen:    {show(rec.chosen)}" if rec.chosen else "  chosen:    none passes every gate")
         if rec.runner_up:
             lines.append(f"  runner-up: {show(rec.runner_up)}")
+        for v in rec.passed[2:]:
+            lines.append(f"  passed:    {show(v)}")
         for v in rec.rejected:
             why = "; ".join(v.failures) or f"{obj.name} not measured for this cell"
             lines.append(f"  rejected:  {v.label} [{v.engine}, kv {v.kv_cache_dtype}]: {why}")

@@ -384,9 +384,12 @@ def compare(before: str = typer.Argument(..., help="results store (or store#swee
             after: str = typer.Argument(..., help="results store (or store#sweep) to check"),
             threshold: float = typer.Option(5.0, "--threshold", help="% change in the worse direction that is a regression"),
             metric: list[str] = typer.Option([], "--metric", "-m", help="only these metrics (repeatable)"),
-            all_rows: bool = typer.Option(False, "--all", help="print every matched metric, not only regressions")):
+            all_rows: bool = typer.Option(False, "--all", help="print every matched metric, not only regressions"),
+            allow_missing: bool = typer.Option(False, "--allow-missing",
+                                               help="a cell with no successful result in AFTER is not a regression")):
     """Cells matched by identity across two runs, per-metric deltas, regressions flagged.
-    Exit 1 when a metric regressed beyond the threshold."""
+    Exit 1 when a metric regressed beyond the threshold, or a cell measured in BEFORE failed or is
+    missing in AFTER (unless --allow-missing)."""
     from analysis.catalog import NoResults
     from analysis.compare import Side, compare as run_compare, render
 
@@ -394,8 +397,8 @@ def compare(before: str = typer.Argument(..., help="results store (or store#swee
         result = run_compare(Side.parse(before), Side.parse(after), threshold, tuple(metric))
     except (NoResults, ValueError) as e:
         _fail(str(e))
-    sys.stdout.write(render(result, all_rows) + "\n")
-    if result.regressions:
+    sys.stdout.write(render(result, all_rows, allow_missing) + "\n")
+    if result.failed(allow_missing):
         raise typer.Exit(1)
 
 

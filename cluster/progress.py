@@ -151,7 +151,7 @@ class SweepTracker:
 
 
 def first_values(metrics) -> tuple[tuple[str, float], ...]:
-    """(metric, value) pairs of a cell's metrics table (jobs.run_cell.METRIC_SCHEMA), the first of each name."""
+    """(metric, value) pairs of a cell's metrics table (matrix.results.METRIC_SCHEMA), the first of each name."""
     out: dict[str, float] = {}
     for name, value in zip(metrics.column("metric").to_pylist(), metrics.column("value").to_pylist()):
         out.setdefault(name, value)

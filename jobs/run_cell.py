@@ -25,7 +25,7 @@ from jobs.quantize import get_backend
 from jobs.stages import report
 from jobs.versions import library_versions
 from matrix import Cell
-from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS  # noqa: F401  (METRIC_SCHEMA: imported from here by tests)
+from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS
 
 
 

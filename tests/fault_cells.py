@@ -71,7 +71,8 @@ def _misbehave(fault: str | None, folder: str, tag: str) -> None:
 def run_fn(cell: Cell, manifest, state):
     import pyarrow as pa
 
-    from jobs.run_cell import METRIC_SCHEMA, CellOutcome
+    from jobs.run_cell import CellOutcome
+    from matrix.results import METRIC_SCHEMA
 
     o = dict(cell.options)
     _log_start(o["dir"], "cell", cell)

@@ -145,6 +145,39 @@ def test_compare_flags_a_ten_percent_perplexity_regression(store, tmp_path):
     assert not both.regressions and [d.label for d in both.deltas if d.change_pct][:1] == ["bf16"]
 
 
+def test_compare_counts_a_cell_that_failed_after_as_a_regression(store, tmp_path):
+    cells = write_store(tmp_path / "b")
+    ResultStore(tmp_path / "b", "s").record(cells["nf4 w4"], 2, {"status": "failed", "reason": "OOM"})
+    result = compare(Side(str(store), None), Side(str(tmp_path / "b"), None))
+    assert not result.regressions and result.only_before == ("org/model nf4 w4",) and result.failed()
+    res = CliRunner().invoke(app, ["compare", str(store), str(tmp_path / "b")])
+    assert res.exit_code == 1 and "failed or missing" in res.output and "org/model nf4 w4" in res.output
+    allowed = CliRunner().invoke(app, ["compare", str(store), str(tmp_path / "b"), "--allow-missing"])
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_accuracy_recovery_is_against_the_baseline_on_the_same_task(tmp_path):
+    store = ResultStore(tmp_path / "r", "s")
+    for (method, bits), (mmlu, arc) in {("none", 16): (0.50, 0.40), ("int8", 8): (0.45, 0.40),
+                                        ("nf4", 4): (0.30, 0.20)}.items():
+        store.record(_cell(method, bits), 1, {"status": "ok"}, _metrics([
+            ("perplexity", 10.0, "ppl", "lower", {"context": 512}),
+            ("weight_bytes", 16.0 * bits, "bytes", "lower", {}),
+            ("accuracy", mmlu, "fraction", "higher", {"task": "mmlu", "items": 100}),
+            ("accuracy", arc, "fraction", "higher", {"task": "arc", "items": 100})]))
+    con = connect(tmp_path / "r")
+    per_task = {(r["label"], r["task"]): r["recovery_pct"] for r in
+                con.sql("select c.label, a.task, a.recovery_pct from accuracy a join cells c using (sweep, cell_id)")
+                .to_arrow_table().to_pylist()}
+    assert per_task[("int8 w8", "mmlu")] == pytest.approx(90.0) and per_task[("int8 w8", "arc")] == pytest.approx(100.0)
+    board = {r["label"]: r["accuracy_recovery_pct"] for r in
+             con.sql("select label, accuracy_recovery_pct from leaderboard").to_arrow_table().to_pylist()}
+    assert board == pytest.approx({"bf16": 100.0, "int8 w8": 95.0, "nf4 w4": 55.0})
+    [rec] = recommend(con, load_gates(None, min_recovery_pct=90.0, optimize="memory"))
+    assert (rec.chosen.label, rec.runner_up.label) == ("int8 w8", "bf16")      # the smallest that passes
+    assert [v.failures for v in rec.rejected if v.label == "nf4 w4"] == [("accuracy recovery 55 % < 90 %",)]
+
+
 def test_unknown_sweeps_metrics_and_filters_are_one_line_errors(store):
     runner = CliRunner()
     for args, needle in [(["rank", "--by", "nosuch"], "not measured in this store"),

@@ -20,7 +20,8 @@ import pytest
 from analysis.store import ResultStore
 from cluster.driver import PlacementError, SweepReport, _Scheduler, run_sweep
 from cluster.ray_runtime import cluster_resources
-from jobs.run_cell import METRIC_SCHEMA, CellOutcome
+from jobs.run_cell import CellOutcome
+from matrix.results import METRIC_SCHEMA
 from matrix import Cell
 from matrix.spec import parse_spec
 

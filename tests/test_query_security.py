@@ -21,7 +21,7 @@ import pytest
 
 from analysis.catalog import connect, query
 from analysis.store import ResultStore
-from jobs.run_cell import METRIC_SCHEMA
+from matrix.results import METRIC_SCHEMA
 from matrix import Cell
 
 QMX = str(Path(sys.executable).with_name("qmx"))

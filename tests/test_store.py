@@ -9,7 +9,7 @@ import pytest
 from analysis.catalog import NoResults, query
 from analysis.store import SCHEMA_VERSION, SCHEMAS, ResultStore
 from jobs.evaluate import TABLE_SCHEMAS
-from jobs.run_cell import METRIC_SCHEMA
+from matrix.results import METRIC_SCHEMA
 from matrix import Cell
 
 

@@ -3,8 +3,9 @@
 # after the stage folders were collected):
 #   setsid nohup bash cluster/gpu/h200-pipeline.sh > /tmp/pipe.log 2>&1 < /dev/null &
 # Each step writes its outputs to /tmp/pipe/<step>/ and, when it ends, a line to /tmp/pipe/steps
-# (name, exit status, seconds) and the flag /tmp/pipe/<step>.done; a later call polls for the flags
-# and copies /tmp/pipe/ back. Order: the SmolLM2 vLLM sweep, then vLLM's own benchmarks straight
+# (name, exit status, seconds), the flag /tmp/pipe/<step>.ended, and /tmp/pipe/<step>.done only if it
+# succeeded (a rerun skips done steps, so a failed or time-capped one runs again); a later call polls
+# for the flags and copies /tmp/pipe/ back. Order: the SmolLM2 vLLM sweep, then vLLM's own benchmarks straight
 # after it (same machine, back to back), then the hf sweep (KL), then the 7B-shape sweep. Each sweep has
 # a time cap (SIGINT: finished cells are kept, a rerun of this script resumes them).
 set -u
@@ -18,7 +19,9 @@ step() {
   OUT=/tmp/pipe/$name "$@" > "/tmp/pipe/$name/stdout.log" 2>&1
   local rc=$?
   echo "$name rc=$rc $((SECONDS - t0))s $(date -u +%T)" | tee -a /tmp/pipe/steps
-  touch "/tmp/pipe/$name.done"
+  touch "/tmp/pipe/$name.ended"
+  [ "$rc" -eq 0 ] && touch "/tmp/pipe/$name.done"
+  return 0
 }
 step smollm2 env SPEC=cluster/gpu/h200-smollm2.yaml bash cluster/gpu/run.sh "${SMOLLM2_S:-720}"
 step compare bash cluster/gpu/run.sh compare

@@ -15,12 +15,12 @@ from typing import Any
 from jobs.artifacts import dir_bytes
 from jobs.engines import Engine
 from jobs.models import materialize, read_config
+from matrix.engines import ENGINES
 
 # engine arguments every cell shares (`vllm serve` flags; `vllm bench` in cluster/gpu/run.sh uses the same)
 GPU_MEMORY_UTILIZATION = 0.85
 MAX_MODEL_LEN = 4096
 MAX_LOGPROBS = 64                       # the KL evaluator's default top-k
-LOAD_TIME_BACKENDS = ("bitsandbytes",)  # quantize-at-load methods this engine does not run
 
 
 def engine_args(cell, path: str) -> dict[str, Any]:
@@ -46,9 +46,10 @@ def checkpoint_bytes(path: str) -> int:
 
 
 def load(cell, manifest: dict[str, Any]) -> Engine:
-    if cell.backend in LOAD_TIME_BACKENDS:
-        raise ValueError(f"the vllm engine does not run {cell.backend} ({cell.method}) cells here: "
-                         "use engine hf (vLLM's bitsandbytes path is slated for removal upstream)")
+    refused = dict(ENGINES["vllm"].refused_backends)      # the rules skip these cells; a direct load is refused too
+    if cell.backend in refused:
+        raise ValueError(f"the vllm engine does not run {cell.backend} ({cell.method}) cells here: use engine hf "
+                         f"({refused[cell.backend]})")
     from transformers import AutoTokenizer
 
     from jobs.serving.vllm_server import start, startup_facts
