@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import pyarrow as pa
@@ -63,22 +62,39 @@ def test_generations_match_direct_greedy_generation(model):
         assert "Paris" in rows[0]["output"]       # real weights, real answer
 
 
-def test_vllm_branch_uses_greedy_sampling_params(monkeypatch):
-    """The GPU path's glue, with a stand-in `vllm` module (the real one runs on the GPU host)."""
+def test_vllm_branch_asks_the_cells_server_for_greedy_tokens():
+    """The GPU path's glue against a real HTTP server on loopback that answers as `vllm serve` does
+    (the real server runs on the GPU host): token-id prompts, greedy, the counts it returns."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
     seen = []
 
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.kw = kw
+    class Completions(BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, payload))
+            body = json.dumps({"choices": [{"index": 0, "text": " four words of text",
+                                            "token_ids": [1, 2, 3, 4]}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    class LLM:
-        def generate(self, prompts, params, use_tqdm=True):
-            seen.append((prompts, params.kw, use_tqdm))
-            out = types.SimpleNamespace(text=" four words of text", token_ids=[1, 2, 3, 4])
-            return [types.SimpleNamespace(outputs=[out])]
+        def log_message(self, *_):
+            pass
 
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams))
-    engine = types.SimpleNamespace(name="vllm", handle=LLM(), device="cuda", compute_dtype="bfloat16")
-    result = run_evaluator("prompts", engine, {"path": EXAMPLE, "max_new_tokens": 5, "limit": 2})
-    assert seen[0] == (["The capital of France is"], {"temperature": 0, "max_tokens": 5}, False)
-    assert [r["output_tokens"] for r in result.tables["generations"]] == [4, 4]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Completions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tokenizer = lambda text: {"input_ids": [len(w) for w in text.split()]}  # noqa: E731
+        engine = types.SimpleNamespace(name="vllm", tokenizer=tokenizer, device="cuda", compute_dtype="bfloat16",
+                                       handle=types.SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}"))
+        result = run_evaluator("prompts", engine, {"path": EXAMPLE, "max_new_tokens": 5, "limit": 2})
+    finally:
+        server.shutdown()
+    first = read_prompts(EXAMPLE)[0][1]
+    assert seen[0] == ("/v1/completions", {"prompt": tokenizer(first)["input_ids"], "max_tokens": 5,
+                                           "temperature": 0.0, "return_token_ids": True})
+    assert len(seen) == 2 and [r["output_tokens"] for r in result.tables["generations"]] == [4, 4]
