@@ -4,6 +4,7 @@ that dies at start. The server itself runs on the GPU (tests/test_gpu_engines.py
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,30 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(monkeypatch, tmp_p
     monkeypatch.setenv("QMX_CACHE", str(tmp_path))
     with pytest.raises(RuntimeError, match=r"(?s)vllm serve did not start \(exit 1\).*No module named .vllm"):
         start({"model": str(tmp_path)})
+
+
+def test_close_stops_children_left_after_the_server_process_exited(tmp_path):
+    """vLLM's engine core is a child of the API process: when the API process is gone first, the child
+    still holds the GPU. close() stops the whole process group (real processes here)."""
+    import signal
+    import subprocess
+    import time
+
+    from jobs.serving.vllm_server import VllmServer
+
+    pid_file = tmp_path / "child"
+    proc = subprocess.Popen(["bash", "-c", f"sleep 300 & echo $! > {pid_file}; exit 0"], start_new_session=True)
+    proc.wait()
+    child = int(pid_file.read_text())
+    os.kill(child, 0)                                   # alive, though its parent has exited
+    VllmServer("http://127.0.0.1:1", proc, str(tmp_path / "log"), 0.0).close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the server's child outlived close()")

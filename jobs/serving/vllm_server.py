@@ -106,6 +106,19 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Wait for every process of the group to exit; SIGKILL what is left at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)           # signal 0: is anyone of the group still alive?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 @dataclass
 class VllmServer:
     """A running `vllm serve`: its base URL, process and log."""
@@ -118,16 +131,17 @@ class VllmServer:
         return Path(self.log_path).read_text(errors="replace")
 
     def close(self) -> None:
-        """Stop the server and wait until its processes are gone (the next cell needs the GPU)."""
-        if self.proc.poll() is not None:
-            return
+        """Stop the server's whole process group (its engine-core children hold the GPU even when the API
+        process has already exited) and wait until the server is gone: the next cell needs the GPU."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        _wait_group_gone(self.proc.pid, timeout_s=30.0)
 
 
 def start(args: dict[str, Any]) -> VllmServer:
