@@ -8,7 +8,6 @@ packed weights at the first forward, and `weights_in_use_bytes` then shows it (a
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from jobs.evaluate import Evaluation, Metric
@@ -30,12 +29,9 @@ def _board_memory_used() -> int | None:
     """NVML's used memory of the GPU this process sees first (the whole board), or None."""
     try:
         import pynvml
-        pynvml.nvmlInit()
-        # NVML numbers the host's GPUs, not the ones Ray made visible: map the first visible one
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-        handle = (pynvml.nvmlDeviceGetHandleByIndex(int(visible)) if visible.isdigit()
-                  else pynvml.nvmlDeviceGetHandleByUUID(visible))
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+        from jobs.nvml import visible_gpu_handle
+        return int(pynvml.nvmlDeviceGetMemoryInfo(visible_gpu_handle()).used)
     except Exception:      # no NVML or no GPU
         return None
 

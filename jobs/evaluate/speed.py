@@ -17,7 +17,6 @@ the cell's GPU (the whole board, so it includes anything else running on it).
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any, Callable
@@ -70,11 +69,8 @@ class _EnergyMeter:
     def __init__(self):
         self.handle = None
         try:
-            import pynvml
-            pynvml.nvmlInit()
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-            self.handle = (pynvml.nvmlDeviceGetHandleByIndex(int(visible)) if visible.isdigit()
-                           else pynvml.nvmlDeviceGetHandleByUUID(visible))
+            from jobs.nvml import visible_gpu_handle
+            self.handle = visible_gpu_handle()
             self.read()
         except Exception:      # no NVML, no GPU, or a board without the counter
             self.handle = None
