@@ -368,6 +368,9 @@ EXAMPLE_CONFIGS = {
                                          "num_key_value_heads": 8, "intermediate_size": 14336},
     "builtin:smollm2-135m-instruct": SMOL,
     "builtin:tiny-llama": {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128},
+    "builtin:gemma3-270m": {"model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640,
+                            "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1,
+                            "head_dim": 256, "intermediate_size": 2048},
 }
 
 
