@@ -116,7 +116,7 @@ def main() -> None:
             t = time.perf_counter()
             store.record(cell, 1, {"status": "ok"}, _metrics(rng, args.metrics_per_cell))
             while not query(root, f"select 1 from leaderboard where cell_id = '{cell.cell_id}'").num_rows:
-                pass
+                pass         # poll until the new cell's row is visible
             lags.append(time.perf_counter() - t)
         print(f"{'write -> visible to qmx query':40s} {1000 * min(lags):7.1f} / {1000 * statistics.median(lags):7.1f}"
               f" / {1000 * max(lags):7.1f} ms  (target < 1 s: {'met' if max(lags) < 1 else 'NOT met'})")

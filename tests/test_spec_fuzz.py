@@ -212,6 +212,6 @@ def test_cli_never_prints_a_traceback(raw, tmp_path_factory):
         if check_matrix_size(spec, 10**9) <= 1:
             return                                     # would read model configs: not this test's business
     except SpecError:
-        pass
+        pass                                           # refused by the loader: the CLI must say so in one line
     code, out, err, rss = _qmx("plan", "--max-cells", "1", str(folder / "spec.yaml"), cwd=folder, home=folder)
     _expect_one_error(code, out, err, rss)
