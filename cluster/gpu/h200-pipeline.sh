@@ -5,9 +5,16 @@
 # Each step writes its outputs to /tmp/pipe/<step>/ and, when it ends, a line to /tmp/pipe/steps
 # (name, exit status, seconds), the flag /tmp/pipe/<step>.ended, and /tmp/pipe/<step>.done only if it
 # succeeded (a rerun skips done steps, so a failed or time-capped one runs again); a later call polls
-# for the flags and copies /tmp/pipe/ back. Order: the SmolLM2 vLLM sweep, then vLLM's own benchmarks straight
-# after it (same machine, back to back), then the hf sweep (KL), then the 7B-shape sweep. Each sweep has
-# a time cap (SIGINT: finished cells are kept, a rerun of this script resumes them).
+# for the flags and copies /tmp/pipe/ back. Each sweep has a time cap (SIGINT: finished cells are kept,
+# a rerun of this script resumes them); all sweeps write one store, /tmp/results.
+# STEPS picks the steps (default: this kit's run of 2026-12-02, in this order):
+#   same-spec    h200-served-same-spec.yaml: issue 18's served SmolLM2 cell as the machine's first vLLM
+#                start (cold caches), against the 388 s it took with two engine starts
+#   compare      served_compare.py (quantmatrix's clients beside `vllm bench serve` on one `vllm serve`,
+#                in rounds; throughput variants), then `vllm bench throughput`
+#   gemma-vllm   h200-gemma3-vllm.yaml (bf16, FP8, GPTQ g128, fp8 KV; GSM8K, JSON, long context, serving)
+#   gemma-hf     h200-gemma3-hf.yaml (KL, lm-eval evals-mmlu, NF4, LLM.int8)
+#   smollm2 hf llama7b-model llama7b   the 2026-12-01 run (benchmarks/results/h200-2026-12-01)
 set -u
 mkdir -p /tmp/pipe
 step() {
@@ -23,9 +30,19 @@ step() {
   [ "$rc" -eq 0 ] && touch "/tmp/pipe/$name.done"
   return 0
 }
-step smollm2 env SPEC=cluster/gpu/h200-smollm2.yaml bash cluster/gpu/run.sh "${SMOLLM2_S:-720}"
-step compare bash cluster/gpu/run.sh compare
-step hf env SPEC=cluster/gpu/h200-smollm2-hf.yaml bash cluster/gpu/run.sh "${HF_S:-300}"
-step llama7b-model bash cluster/gpu/run.sh llama7b
-step llama7b env SPEC=cluster/gpu/h200-llama7b.yaml bash cluster/gpu/run.sh "${LLAMA7B_S:-600}"
+run_step() {
+  case $1 in
+    same-spec)  step same-spec env SPEC=cluster/gpu/h200-served-same-spec.yaml bash cluster/gpu/run.sh "${SAME_S:-420}" ;;
+    compare)    step compare bash cluster/gpu/run.sh compare ;;
+    gemma-vllm) step gemma-vllm env SPEC=cluster/gpu/h200-gemma3-vllm.yaml bash cluster/gpu/run.sh "${GEMMA_V_S:-540}" ;;
+    gemma-hf)   step gemma-hf env SPEC=cluster/gpu/h200-gemma3-hf.yaml bash cluster/gpu/run.sh "${GEMMA_H_S:-300}" ;;
+    smollm2)    step smollm2 env SPEC=cluster/gpu/h200-smollm2.yaml bash cluster/gpu/run.sh "${SMOLLM2_S:-720}" ;;
+    hf)         step hf env SPEC=cluster/gpu/h200-smollm2-hf.yaml bash cluster/gpu/run.sh "${HF_S:-300}" ;;
+    llama7b-model) step llama7b-model bash cluster/gpu/run.sh llama7b ;;
+    llama7b)    step llama7b env SPEC=cluster/gpu/h200-llama7b.yaml bash cluster/gpu/run.sh "${LLAMA7B_S:-600}" ;;
+    *) echo "unknown step $1"; return 1 ;;
+  esac
+}
+for name in ${STEPS:-same-spec compare gemma-vllm gemma-hf}; do run_step "$name"; done
+tar czf /tmp/pipe/results.tar.gz -C /tmp results 2>/dev/null
 touch /tmp/pipe/all.done

