@@ -8,6 +8,7 @@
 # for the flags and copies /tmp/pipe/ back. Each sweep has a time cap (SIGINT: finished cells are kept,
 # a rerun of this script resumes them); all sweeps write one store, /tmp/results.
 # STEPS picks the steps (default: this kit's run of 2026-12-02, in this order):
+#   models       the builtin models converted from GGUF (run.sh models), outside any cell's clock
 #   same-spec    h200-served-same-spec.yaml: issue 18's served SmolLM2 cell as the machine's first vLLM
 #                start (cold caches), against the 388 s it took with two engine starts
 #   compare      served_compare.py (quantmatrix's clients beside `vllm bench serve` on one `vllm serve`,
@@ -32,6 +33,7 @@ step() {
 }
 run_step() {
   case $1 in
+    models)     step models bash cluster/gpu/run.sh models ;;
     same-spec)  step same-spec env SPEC=cluster/gpu/h200-served-same-spec.yaml bash cluster/gpu/run.sh "${SAME_S:-420}" ;;
     compare)    step compare bash cluster/gpu/run.sh compare ;;
     gemma-vllm) step gemma-vllm env SPEC=cluster/gpu/h200-gemma3-vllm.yaml bash cluster/gpu/run.sh "${GEMMA_V_S:-540}" ;;
@@ -43,6 +45,6 @@ run_step() {
     *) echo "unknown step $1"; return 1 ;;
   esac
 }
-for name in ${STEPS:-same-spec compare gemma-vllm gemma-hf}; do run_step "$name"; done
+for name in ${STEPS:-models same-spec compare gemma-vllm gemma-hf}; do run_step "$name"; done
 tar czf /tmp/pipe/results.tar.gz -C /tmp results 2>/dev/null
 touch /tmp/pipe/all.done

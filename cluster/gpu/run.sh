@@ -12,6 +12,8 @@
 #   bash cluster/gpu/run.sh compare     quantmatrix's served client and `vllm bench serve` on one `vllm serve`
 #                                       (cluster/gpu/served_compare.py), then `bench`
 #   bash cluster/gpu/run.sh llama7b     the 7B-shape random Llama of h200-llama7b.yaml (make_llama7b.py)
+#   bash cluster/gpu/run.sh models      the builtin models converted from their GGUF files once per machine,
+#                                       in parallel (so no cell's wall time carries a conversion)
 #   bash cluster/gpu/run.sh tests       the GPU-marked tests, each file in the environment it needs
 #                                       (tests-quantize / tests-serve: one of the two; TESTS_K=... a -k)
 # Every mode installs the wheel sets first (once per machine): the stage folders of
@@ -83,6 +85,13 @@ case ${1:-} in
     ;;
   llama7b)
     PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py /tmp/models/llama7b
+    ;;
+  models)
+    for m in ${MODELS:-builtin:smollm2-135m-instruct builtin:gemma3-270m}; do
+      PYTHONPATH=$SITE_P:$REPO python3 -c "import sys, time; t = time.perf_counter()
+from jobs.models import materialize; print(sys.argv[1], materialize(sys.argv[1], None, None), f'{time.perf_counter() - t:.1f} s')" "$m" &
+    done
+    wait
     ;;
   tests|tests-quantize|tests-serve)
     [ "$1" = tests-serve ] || PYTHONPATH=$SITE_Q:$SITE_G:$SITE_P:$REPO timeout "${TESTS_Q_TIMEOUT:-150}" python3 -m pytest \
