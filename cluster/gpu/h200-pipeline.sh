@@ -2,6 +2,8 @@
 # The H200 session's whole run, detached from the 10-minute call limit (GPU machine, repository root,
 # after the stage folders were collected):
 #   setsid nohup bash cluster/gpu/h200-pipeline.sh > /tmp/pipe.log 2>&1 < /dev/null &
+# The machine is given back once no call has been in flight for ~30 s, and this detached work dies
+# with it (2026-12-02: a 496 s step's results lost): send each poll call right after the last one.
 # Each step writes its outputs to /tmp/pipe/<step>/ and, when it ends, a line to /tmp/pipe/steps
 # (name, exit status, seconds), the flag /tmp/pipe/<step>.ended, and /tmp/pipe/<step>.done only if it
 # succeeded (a rerun skips done steps, so a failed or time-capped one runs again); a later call polls
