@@ -16,6 +16,8 @@ Views (all queries run on an in-memory DuckDB that only reads the Parquet files)
   samples, generations       per-request latency samples and prompt-set outputs of each cell's
                              latest successful attempt (every attempt: samples_all, generations_all)
   generations_side_by_side   each cell's output per prompt beside its model's baseline output
+  layer_sensitivity          each linear layer's output error against the baseline (latest successful
+                             attempt), with its cell's method and bits, most sensitive first
 
 A store on an object store (`s3://`, `gs://`) is read through DuckDB's httpfs extension, which
 must be installed and given credentials by the user (`INSTALL httpfs`, `CREATE SECRET ...`).
@@ -155,6 +157,16 @@ CREATE VIEW generations_side_by_side AS
   LEFT JOIN generations bg ON bg.sweep = b.sweep AND bg.cell_id = b.cell_id AND bg.prompt_id = g.prompt_id
        AND bg.settings IS NOT DISTINCT FROM g.settings
   ORDER BY c.sweep, c.model, g.prompt_id, c.label;
+CREATE VIEW layer_sensitivity AS
+  -- each linear layer's output error against the baseline, beside its cell's method and bits (`qmx layers`)
+  WITH dims AS (SELECT DISTINCT ON (sweep, cell_id) sweep, cell_id, label, model, method, bits, group_size, engine
+                FROM cells)
+  SELECT c.sweep, c.model, c.label, c.method, c.bits AS cell_bits, c.group_size, c.engine, l.layer, l.layer_index,
+         l.kind, l.module, l.params, l.bits, l.kept, l.rel_error, l.settings, l.cell_id, l.attempt
+  FROM layer_sensitivity_all l
+  JOIN latest_runs r ON r.sweep = l.sweep AND r.cell_id = l.cell_id AND r.attempt = l.attempt AND r.status = 'ok'
+  JOIN dims c ON c.sweep = l.sweep AND c.cell_id = l.cell_id
+  ORDER BY l.rel_error DESC, c.sweep, c.model, c.label, l.layer;
 """
 
 
@@ -232,7 +244,8 @@ def _lock_down(con: duckdb.DuckDBPyConnection, prefix: str) -> None:
 
 def _duck_type(t) -> str:
     import pyarrow as pa
-    return {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}.get(
+    return {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+            pa.bool_(): "BOOLEAN"}.get(
         t, "TIMESTAMPTZ")
 
 

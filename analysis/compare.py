@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analysis.catalog import check_sweep, connect
+from analysis.leaderboard import calib_text
 from analysis.markdown import table
 
 
@@ -84,6 +85,16 @@ def _metrics(side: Side, by_sweep: bool) -> dict[tuple, dict]:
     if not by_sweep and len(sweeps) > 1:
         raise ValueError(f"{side.results} holds sweeps {', '.join(map(repr, sweeps))}: name one as "
                          f"{side.results}#SWEEP to compare it with one sweep")
+    # cells that differ only in calibration share a label: such labels name the calibration too
+    calib = {(c["sweep"], c["cell_id"]): calib_text(c["calibration"]) for c in con.sql(
+        f"SELECT DISTINCT ON (sweep, cell_id) sweep, cell_id, calibration FROM cells {where}",
+        params=params).to_arrow_table().to_pylist()}
+    seen: dict[tuple, set] = {}
+    for r in rows:
+        seen.setdefault((r["sweep"], r["model"], r["label"]), set()).add(calib.get((r["sweep"], r["cell_id"])))
+    rows = [{**r, "label": r["label"] + f" calib={calib[r['sweep'], r['cell_id']]}"}
+            if len(seen[r["sweep"], r["model"], r["label"]]) > 1 and calib.get((r["sweep"], r["cell_id"])) else r
+            for r in rows]
     return {((r["sweep"],) if by_sweep else ()) + (r["cell_id"], r["metric"], r["settings"]): r for r in rows}
 
 

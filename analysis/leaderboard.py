@@ -50,22 +50,41 @@ COLUMNS = (
 )
 
 
+def calib_text(calibration: str | dict | None) -> str | None:
+    """A cell's calibration as `corpus/samples×seq_len` (None for a method that takes none)."""
+    c = json.loads(calibration) if isinstance(calibration, str) else calibration
+    return None if not c else f"{c.get('corpus')}/{c.get('samples')}×{c.get('seq_len')}"
+
+
+def calibration_line(texts: set[str]) -> str:
+    return "Calibration (calibrated methods), corpus/samples×seq_len tokens: " + ", ".join(sorted(texts))
+
+
 def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dict] = ()) -> str:
-    """One table per model, ranked as the rows come (the view orders by perplexity)."""
+    """One table per model, ranked as the rows come (the view orders by perplexity). Where a table's
+    cells differ in calibration (a calibration dimension), a `calib` column tells them apart; where
+    they share one, it is a line above the table (or above all tables: `leaderboard_markdown`)."""
     shown = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
     engines = len({r["engine"] for r in rows}) > 1
-    header = ["rank", "cell", *(["engine"] if engines else []), *(c[0] for c in shown)]
+    every_calib = {t for r in rows if (t := calib_text(r.get("calibration")))}
     out: list[str] = []
     sweeps = len({r["sweep"] for r in rows}) > 1
     # one table (and one ranking) per sweep and model: the view orders by sweep first, and two sweeps'
     # cells were measured under their own settings and baselines
     for sweep, model in dict.fromkeys((r["sweep"], r["model"]) for r in rows):
         mine = [r for r in rows if (r["sweep"], r["model"]) == (sweep, model)]
+        calibs = {t for r in mine if (t := calib_text(r.get("calibration")))}
+        varies = len(calibs) > 1
+        header = ["rank", "cell", *(["calib"] if varies else []), *(["engine"] if engines else []),
+                  *(c[0] for c in shown)]
         body = [[str(i), r["label"] + (f" {FLAGGED}" if r.get("sanity_flags") else ""),
+                 *([calib_text(r.get("calibration")) or "–"] if varies else []),
                  *([r["engine"]] if engines else []), *(c[2](r) for c in shown)]
                 for i, r in enumerate(mine, 1)]
-        out += [f"### {model}" + (f" (sweep {sweep})" if sweeps else ""), "",
-                *table(header, body, left=("cell", "engine")), ""]
+        # one calibration here but another elsewhere: say which, above this table
+        own = [calibration_line(calibs), ""] if len(calibs) == 1 and len(every_calib) > 1 else []
+        out += [f"### {model}" + (f" (sweep {sweep})" if sweeps else ""), "", *own,
+                *table(header, body, left=("cell", "calib", "engine")), ""]
     if skipped:
         out += ["Skipped by the validity rules:", ""]
         out += [f"- {s['model']} {s['label']}: {s['reason']}" for s in skipped]
@@ -130,12 +149,19 @@ def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     check_sweep(con, sweep)
     where, params = ("WHERE sweep = ?", [sweep]) if sweep else ("", [])
     rows = con.sql(f"SELECT * FROM leaderboard {where}", params=params).to_arrow_table().to_pylist()
+    calibration = {(c["sweep"], c["cell_id"]): c["calibration"] for c in con.sql(
+        f"SELECT DISTINCT ON (sweep, cell_id) sweep, cell_id, calibration FROM cells {where}",
+        params=params).to_arrow_table().to_pylist()}
+    rows = [{**r, "calibration": calibration.get((r["sweep"], r["cell_id"]))} for r in rows]
     skipped = con.sql(f"SELECT * FROM skipped {where} ORDER BY model, label", params=params).to_arrow_table().to_pylist()
     failed = con.sql(f"SELECT * FROM failed {where} ORDER BY model, label", params=params).to_arrow_table().to_pylist()
     out = ["Ranked by perplexity within each model (lower is better); Δ, speedup and memory reduction are against "
            "the model's unquantized baseline on the same engine, measured under the same settings."]
     out += sorted({settings_line("Perplexity", r["perplexity_settings"]) for r in rows if r["perplexity_settings"]})
     out += sorted({settings_line("Speed", r["speed_settings"]) for r in rows if r["speed_settings"]})
+    calibs = {t for r in rows if (t := calib_text(r["calibration"]))}
+    if len(calibs) == 1:     # shared by every calibrated cell: said once; several: a column (render_markdown)
+        out.append(calibration_line(calibs))
     if any(r["perplexity_stderr"] is not None for r in rows):
         out.append("perplexity: ± its standard error over the scored windows.")
     if any(r["decode_tokens_per_s_min"] is not None for r in rows):

@@ -21,16 +21,16 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analysis.claims import CLAIM_TIMEOUT_S, Claims
-from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS
+from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS, RunFacts
 
-SCHEMA_VERSION = 2          # 2: the samples and generations tables
+SCHEMA_VERSION = 3          # 2: the samples and generations tables; 3: runs.threads
 ROW_TABLES = tuple(TABLE_SCHEMAS)      # extra row tables a cell may return (matrix.results)
 TABLES = ("cells", "runs", "metrics", *ROW_TABLES)
 FINISHED = ("ok", "skipped")
@@ -48,7 +48,9 @@ RUNS_SCHEMA = pa.schema([
     ("host", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()), ("device", pa.string()),
     ("compute_dtype", pa.string()), ("format", pa.string()),
     ("library_versions", pa.string()), ("notes", pa.string()), ("schema_version", pa.int32()),
+    ("threads", pa.int32()),        # added in 3: older files read it as null (union_by_name, _conform)
 ])
+_RUN_KEYS = ("cell_id", "attempt", "schema_version")      # the store's own runs columns; the rest are RunFacts
 METRICS_SCHEMA = pa.schema([("cell_id", pa.string()), ("attempt", pa.int32()), *METRIC_SCHEMA])
 _KEYS = pa.schema([("cell_id", pa.string()), ("attempt", pa.int32())])
 SCHEMAS = {"cells": CELLS_SCHEMA, "runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA,
@@ -77,7 +79,8 @@ def cell_row(cell) -> dict[str, Any]:
     d = cell.dims()
     return {
         "cell_id": cell.cell_id, "artifact_key": cell.artifact_key, "label": cell.label,
-        "model": cell.model, "revision": cell.revision, "method": cell.method, "backend": cell.backend,
+        # base+adapter for a fine-tuned model: its quantized cells pair with its own baseline, not the base's
+        "model": cell.model_name, "revision": cell.revision, "method": cell.method, "backend": cell.backend,
         "bits": cell.bits, "group_size": cell.group_size, "options": json.dumps(d["options"], sort_keys=True),
         "kv_cache_dtype": cell.kv_cache_dtype, "engine": cell.engine,
         "calibration": json.dumps(d["calibration"], sort_keys=True), "evaluation": cell.evaluation,
@@ -196,9 +199,14 @@ class ResultStore:
         for row in pq.read_table(path, columns=["cell_id", "attempt", "status"], filesystem=self.fs).to_pylist():
             self.attempts().setdefault(cell_id, []).append(row)
 
-    def record(self, cell, attempt: int, run: dict[str, Any], metrics: pa.Table | None = None,
+    def record(self, cell, attempt: int, run: RunFacts | Mapping[str, Any], metrics: pa.Table | None = None,
                tables: dict[str, pa.Table] | None = None) -> None:
-        """Write one finished attempt of `cell`: cells, metrics and row tables, then runs (the commit point)."""
+        """Write one finished attempt of `cell`: cells, metrics and row tables, then runs (the commit point).
+        A fact the runs table has no column for raises (ValueError) before anything is written."""
+        facts = (run if isinstance(run, RunFacts) else RunFacts.of(run)).row()
+        lost = [k for k in facts if k not in RUNS_SCHEMA.names or k in _RUN_KEYS]
+        if lost:
+            raise ValueError(f"run fact {lost[0]!r} has no column in the runs table")
         name = f"{cell.cell_id}-a{attempt}"
         self._write("cells", name, pa.Table.from_pylist([cell_row(cell)], schema=CELLS_SCHEMA))
         for table, rows in {"metrics": metrics, **(tables or {})}.items():
@@ -207,9 +215,8 @@ class ResultStore:
             if table not in SCHEMAS or table in ("cells", "runs"):
                 raise KeyError(f"unknown results table {table!r}; known: {', '.join(('metrics',) + ROW_TABLES)}")
             self._write(table, name, _with_keys(rows, cell.cell_id, attempt).select(SCHEMAS[table].names))
-        row = {name_: None for name_ in RUNS_SCHEMA.names} | run | {
+        row = {name_: None for name_ in RUNS_SCHEMA.names} | facts | {
             "cell_id": cell.cell_id, "attempt": attempt, "schema_version": SCHEMA_VERSION}
-        row = {k: row[k] for k in RUNS_SCHEMA.names}       # facts the schema has no column for stay out
         self._write("runs", name, pa.Table.from_pylist([row], schema=RUNS_SCHEMA))
         self.attempts().setdefault(cell.cell_id, []).append(
             {"cell_id": cell.cell_id, "attempt": attempt, "status": row["status"]})

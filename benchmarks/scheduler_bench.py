@@ -1,12 +1,13 @@
 """Scheduler benchmark: synthetic cells of known durations through the sweep driver's own scheduler.
 
 A simulated cluster of declared GPUs (one Ray node with 32 GPUs by default, or --nodes N of a
-ray.cluster_utils.Cluster) runs CELLS sleep-based cells through cluster.driver._Scheduler: the
-worker-actor pool, engine-key routing, longest-first order, quantize-before-cells dependencies,
-ray.wait streaming and a real ResultStore. Only the work is injected: `run_fn` sleeps the cell's
-duration, `quantize_fn` sleeps its artifact's build time, and the cost estimates are the known
-durations. Some cells share an artifact key (KEYS keys x CELLS_PER_KEY cells, each key one
-synthetic quantize step); the rest need no artifact.
+ray.cluster_utils.Cluster) runs CELLS sleep-based cells through the sweep's own cluster.scheduler.Scheduler:
+the worker-actor pool, engine-key routing, longest-first order, quantize-before-cells dependencies,
+ray.wait streaming, and a real ResultStore behind a real Recorder. Only the work differs: `SleepWork`
+implements the scheduler's `Work` protocol, its `run` sleeps the cell's duration, its `quantize`
+sleeps its artifact's build time, and its cost estimates are the known durations. Some cells share
+an artifact key (KEYS keys x CELLS_PER_KEY cells, each key one synthetic quantize step); the rest need
+no artifact.
 
     ideal = max(total work / GPUs, longest chain)
       total work    = sum of cell durations + sum of quantize durations (each holds one GPU)
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow as pa  # noqa: E402
 
 from analysis.store import ResultStore  # noqa: E402
-from cluster.driver import SweepReport, _Scheduler  # noqa: E402
 from cluster.ray_runtime import cluster_resources  # noqa: E402
+from cluster.recorder import Recorder  # noqa: E402
+from cluster.scheduler import Scheduler, SweepReport  # noqa: E402
 from matrix import Cell  # noqa: E402
+from matrix.results import METRIC_SCHEMA, CellOutcome, Manifest, RunFacts  # noqa: E402
 from matrix.spec import ResourcesSpec  # noqa: E402
 
 KEYS, CELLS_PER_KEY = 40, 5                    # 200 cells behind 40 synthetic quantize steps
@@ -72,37 +75,43 @@ def synthetic_work(n: int, mean: float, seed: int) -> tuple[list[Cell], dict[str
     return cells, durations, builds
 
 
-# jobs.run_cell's CellOutcome and METRIC_SCHEMA, restated: importing jobs.run_cell in each worker pulls in
-# the evaluation stack, which is not what this measures.
-METRIC_SCHEMA = pa.schema([("metric", pa.string()), ("value", pa.float64()), ("unit", pa.string()),
-                           ("direction", pa.string()), ("settings", pa.string())])
-
-
 @dataclass(frozen=True)
-class CellOutcome:
-    metrics: pa.Table
-    facts: dict
-    tables: dict = field(default_factory=dict)
+class SleepWork:
+    """cluster.scheduler.Work of known durations: a cell sleeps its duration, a build its artifact's.
+    Each build leaves a line in `spans` (a folder on this machine): the GPU it held, when it ran."""
+    durations: dict[str, float]
+    builds: dict[str, float]
+    spans: str
+    longest_first: bool = True          # False: every cost 0, so cells run in spec order
 
-
-def make_run_fn(durations: dict[str, float]):
-    def run_fn(cell, manifest, state):
-        d = durations[cell.cell_id]
+    def run(self, cell: Cell, manifest: Manifest | None, state: dict) -> CellOutcome:
+        d = self.durations[cell.cell_id]
         time.sleep(d)
         table = pa.Table.from_pylist([{"metric": "sleep_seconds", "value": d, "unit": "s", "direction": "lower",
                                        "settings": "{}"}], schema=METRIC_SCHEMA)
-        return CellOutcome(table, {"host": os.uname().nodename, "device": "declared-gpu", "seconds": d})
-    return run_fn
+        return CellOutcome(table, RunFacts(host=os.uname().nodename, device="declared-gpu", seconds=d))
 
-
-def make_quantize_fn(builds: dict[str, float]):
-    def quantize_fn(cell):
-        began = time.time()
-        time.sleep(builds[cell.artifact_key])
+    def quantize(self, cell: Cell) -> Manifest:
         import ray   # where the build ran, for the idle-time breakdown
-        return {"artifact_key": cell.artifact_key, "built": True, "quantize_seconds": builds[cell.artifact_key],
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "start": began, "end": time.time()}
-    return quantize_fn
+
+        began, seconds = time.time(), self.builds[cell.artifact_key]
+        time.sleep(seconds)
+        span = {"kind": "build", "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "start": began, "end": time.time()}
+        with open(f"{self.spans}/{cell.artifact_key}.json", "w") as f:
+            json.dump(span, f)
+        return Manifest(cell.artifact_key, path=self.spans, format="synthetic", quantize_seconds=seconds, built=True)
+
+    def needs_artifact(self, cell: Cell) -> bool:
+        return cell.artifact_key in self.builds
+
+    def reusable(self, cell: Cell) -> bool:
+        return True
+
+    def cost(self, cell: Cell) -> float:
+        return self.durations[cell.cell_id] if self.longest_first else 0.0
+
+    def quantize_cost(self, cell: Cell) -> float:
+        return self.builds[cell.artifact_key]
 
 
 def idle_breakdown(spans: list[dict], gpus: int, wall0: float, wall1: float) -> dict[str, float]:
@@ -147,23 +156,6 @@ class CpuSampler(threading.Thread):
         """Fraction of all cores busy between two unix times."""
         inside = [s for s in self.samples if start <= s[0] <= end]
         return (inside[-1][1] - inside[0][1]) / max(1, inside[-1][2] - inside[0][2]) if len(inside) > 1 else float("nan")
-
-
-class _TimedRay:
-    """The ray module, with the time the driver spends blocked in ray.wait counted."""
-
-    def __init__(self, ray):
-        self._ray, self.waiting = ray, 0.0
-
-    def wait(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return self._ray.wait(*a, **k)
-        finally:
-            self.waiting += time.perf_counter() - t
-
-    def __getattr__(self, name):
-        return getattr(self._ray, name)
 
 
 def start_cluster(nodes: int, gpus: int):
@@ -228,25 +220,12 @@ def main() -> None:
                     + [durations[c.cell_id] for c in cells if c.artifact_key not in builds])
         ideal = max(work / gpus, chain)
         with tempfile.TemporaryDirectory(prefix="qmx-bench-") as tmp:
-            store = ResultStore(Path(tmp), "scheduler-bench")
+            store = ResultStore(Path(tmp) / "results", "scheduler-bench")
+            spans = Path(tmp) / "spans"
+            spans.mkdir()
             report = SweepReport("scheduler-bench", len(cells), 0, 0)
-            known = (lambda c: durations[c.cell_id]) if args.order == "longest" else (lambda c: 0.0)
-            sched = _Scheduler(store, res, ResourcesSpec(cpus_per_cell=1, max_retries=1), report, None,
-                               run_fn=make_run_fn(durations), quantize_fn=make_quantize_fn(builds),
-                               cost_fn=known, quantize_cost_fn=lambda c: builds[c.artifact_key],
-                               needs_artifact=lambda c: c.artifact_key in builds, reusable=lambda c: True)
-            sched.ray = timed = _TimedRay(ray)
-            first_build: list[float] = []
-            quantize_done = sched._quantize_done
-
-            builds_run: list[dict] = []
-
-            def noting_first_build(flight, manifest, error, *rest):
-                first_build.append(time.time())
-                if manifest:
-                    builds_run.append({**manifest, "kind": "build"})
-                return quantize_done(flight, manifest, error, *rest)
-            sched._quantize_done = noting_first_build
+            sleeps = SleepWork(durations, builds, str(spans), longest_first=args.order == "longest")
+            sched = Scheduler(Recorder(store), res, ResourcesSpec(cpus_per_cell=1, max_retries=1), sleeps, report=report)
             sampler = CpuSampler()
             sampler.start()
             cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
@@ -256,6 +235,8 @@ def main() -> None:
             sampler.done.set()
             cpu = time.process_time() - cpu0
             recorded = sum(1 for rows in store.attempts().values() for r in rows if r["status"] == "ok")
+            builds_run = [json.loads(p.read_text()) for p in spans.glob("*.json")]
+        first_build = sorted(b["end"] for b in builds_run)
         starts = sorted(p["start"] for p in report.placements)
         idle = idle_breakdown(builds_run + [{**p, "kind": "cell"} for p in report.placements], gpus, wall0, wall1)
         busy = sum(p["end"] - p["start"] for p in report.placements) + sum(builds.values())
@@ -273,14 +254,14 @@ def main() -> None:
             f"makespan: {makespan:.1f} s",
             f"makespan / ideal: {makespan / ideal:.3f} (target <= 1.10)",
             f"GPU busy fraction over the makespan: {busy / (gpus * makespan):.3f}",
-            f"first build finished {first_build[0] - wall0:.1f} s after submit, last at {first_build[-1] - wall0:.1f} s; "
+            f"first build finished (worker clock) {first_build[0] - wall0:.1f} s after submit, last at {first_build[-1] - wall0:.1f} s; "
             f"first cell began at {starts[0] - wall0:.1f} s (actor start-up), last cell began at {starts[-1] - wall0:.1f} s",
             f"idle GPU-seconds ({gpus * makespan - busy:.0f} in all, {(gpus * makespan - busy) / gpus:.1f} s of makespan): "
             + ", ".join(f"{k} {v:.0f}" for k, v in idle.items()),
             f"machine CPU busy (all processes, {os.cpu_count()} cores): {sampler.busy(wall0, wall0 + 60):.0%} in the first 60 s "
             f"(builds and worker actors starting), {sampler.busy(wall0 + 60, wall1):.0%} after",
             f"driver overhead per cell (wall outside ray.wait: dispatch + record): "
-            f"{(makespan - timed.waiting) / len(cells) * 1000:.1f} ms (target < 50 ms)",
+            f"{(makespan - sched.waited_s) / len(cells) * 1000:.1f} ms (target < 50 ms)",
             f"driver CPU per cell: {cpu / len(cells) * 1000:.1f} ms (target < 50 ms)",
         ]
         print("\n".join(lines))

@@ -137,11 +137,9 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def _print_plan(p) -> None:
+    from analysis.markdown import fmt_bytes     # one byte formatter for the plan, progress and the tables
+
     target = f"target GPU {p.target}" if p.target else "no target GPU"
     by_model: dict[str, list] = {}
     for r in p.rows:
@@ -159,7 +157,7 @@ def _print_plan(p) -> None:
         for r in rows:
             c = r.cell
             artifact = "—" if c.is_baseline else "at load" if r.quantizes_at_load else c.artifact_key
-            weights = _gib(r.estimate.weight_bytes) if r.estimate else "?"
+            weights = fmt_bytes(r.estimate.weight_bytes) if r.estimate else "?"
             fit = "" if r.fit is None else \
                 f"[green]yes {r.fit.fraction:.0%}[/green]" if r.fit.fits else f"[red]no {r.fit.fraction:.0%}[/red]"
             table.add_row(Text(c.label), c.engine, c.kv_cache_dtype, artifact, weights, fit)
@@ -400,6 +398,52 @@ def compare(before: str = typer.Argument(..., help="results store (or store#swee
     sys.stdout.write(render(result, all_rows, allow_missing) + "\n")
     if result.failed(allow_missing):
         raise typer.Exit(1)
+
+
+@app.command()
+def layers(results: str = RESULTS, sweep: str = SWEEP,
+           cell: str = typer.Option(None, "--cell", help="one cell: its id, or the start of it"),
+           model: str = typer.Option(None, "--model", help="one model, its id as the spec names it"),
+           n: int = typer.Option(20, "-n", min=1, help="how many layers to show")):
+    """The most sensitive linear layers, worst first: each layer's output error against the baseline's on the
+    same inputs (evaluation.layer_sensitivity), the candidates to keep in 16 bits."""
+    def fetch(con):
+        where, params = [], []
+        for flag, column, value in (("--model", "model", model), ("--cell", "cell_id", cell)):
+            if value is None:
+                continue
+            test = "starts_with(cell_id, ?)" if column == "cell_id" else f"{column} = ?"
+            if not con.execute(f"SELECT count(*) FROM layer_sensitivity WHERE {test}", [value]).fetchone()[0]:
+                known = [r[0] for r in con.execute(f"SELECT DISTINCT {column} FROM layer_sensitivity ORDER BY 1 "
+                                                   "LIMIT 11").fetchall()]
+                shown = ", ".join(map(repr, known[:10])) + (", ..." if len(known) > 10 else "")
+                raise ValueError(f"{flag}: no layer_sensitivity rows for {value!r}; "
+                                 + (f"known: {shown}" if known else "none in these results: add "
+                                    "evaluation.layer_sensitivity to the spec (hf engine)"))
+            where.append(test)
+            params.append(value)
+        if sweep is not None:
+            where.append("sweep = ?")
+            params.append(sweep)
+        cond = " AND ".join(where) or "true"
+        total = con.execute(f"SELECT count(*) FROM layer_sensitivity WHERE {cond}", params).fetchone()[0]
+        if not total:
+            raise ValueError("no layer_sensitivity rows in these results: add evaluation.layer_sensitivity to the "
+                             "spec (hf engine)")
+        rows = con.execute(f"SELECT model, label, layer, kind, bits, params, rel_error, cell_id FROM layer_sensitivity "
+                           f"WHERE {cond} ORDER BY rel_error DESC, model, label, layer LIMIT ?", [*params, n]).fetchall()
+        return total, rows
+
+    total, rows = _decide(fetch, results, sweep)
+    table = Table(title=f"{len(rows)} most sensitive of {_plural(total, 'layer')}: ||cell(x) - base(x)|| / "
+                        "||base(x)|| on the base's inputs", title_justify="left")
+    for name, justify in (("model", "left"), ("cell", "left"), ("layer", "left"), ("kind", "left"),
+                          ("bits", "right"), ("params", "right"), ("rel_error", "right"), ("cell_id", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for model_id, label, layer, kind, bits, params_, rel_error, cell_id in rows:
+        table.add_row(Text(model_id), Text(label), Text(layer), Text(kind), "?" if bits is None else str(bits),
+                      f"{params_:,}", f"{rel_error:.4g}", Text(cell_id))
+    console.print(table)
 
 
 # publish takes recommend's very gate flags: its typer options, declared once (there)

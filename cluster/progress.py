@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.progress import ProgressColumn
 from rich.text import Text
 
+from analysis.markdown import fmt_bytes
+
 
 @dataclass(frozen=True)
 class StageEvent:
@@ -160,15 +162,11 @@ def first_values(metrics) -> tuple[tuple[str, float], ...]:
 
 # -- rendering ---------------------------------------------------------------------------------------
 
-def _mib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-# the headline figures of a finished cell: metric -> (label, format)
+# the headline figures of a finished cell: metric -> (label, format); bytes as the leaderboard shows them
 HEADLINE: dict[str, tuple[str, Any]] = {
     "perplexity": ("ppl", "{:.2f}".format),
     "decode_tokens_per_s": ("decode", lambda v: f"{v:.1f} tok/s"),
-    "weight_bytes": ("weights", _mib),
+    "weight_bytes": ("weights", fmt_bytes),
 }
 
 

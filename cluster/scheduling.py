@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable, Sequence
 
 from matrix import Cell
+from matrix.spec import calibration_defaults
 
 # how much a method adds to a cell's own run (load-time quantization, decompression at first forward)
 _METHOD_LOAD_UNITS = {"none": 1.0, "nf4": 3.0, "fp4": 3.0, "int8": 3.0}
@@ -46,8 +47,10 @@ def estimate_cost(cell: Cell) -> float:
 
 def estimate_quantize_cost(cell: Cell) -> float:
     """A relative estimate of building a cell's artifact (calibration passes, per-layer solves)."""
-    calib = dict(cell.calibration or ())
-    return 4.0 + calib.get("samples", 16) * calib.get("seq_len", 256) / _TOKENS_PER_UNIT * 8
+    if cell.calibration is None:       # data-free (fp8): no calibration passes
+        return 4.0
+    calib = {**calibration_defaults(), **dict(cell.calibration)}   # the cell's own samples x seq_len
+    return 4.0 + calib["samples"] * calib["seq_len"] / _TOKENS_PER_UNIT * 8
 
 
 def time_limit(cost: float, floor: float, limit: float | None = None) -> float:

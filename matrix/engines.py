@@ -19,12 +19,16 @@ class EngineInfo:
     reusable: bool                         # a worker may keep it loaded across cells (frees memory in-process)
     ray_executor: bool                     # at TP > 1 it starts one Ray worker per GPU in the current placement group
     picks_kernel: bool                     # chooses its own quantized kernels (a GPTQModel `kernel` means nothing)
+    full_distribution: bool                # gives the whole next-token distribution in-process (KL, lm-eval need it)
     refused_backends: tuple[tuple[str, str], ...] = ()   # (backend, why it does not run here)
+    in_process_weights: bool = False       # its model's layers are modules in this process (layer_sensitivity)
 
 
 ENGINES: dict[str, EngineInfo] = {
-    "hf": EngineInfo("hf", ("auto",), reusable=True, ray_executor=False, picks_kernel=False),
+    "hf": EngineInfo("hf", ("auto",), reusable=True, ray_executor=False, picks_kernel=False, full_distribution=True,
+                       in_process_weights=True),
     # vLLM does not free its GPU memory reliably in-process: each vLLM cell gets a fresh actor
     "vllm": EngineInfo("vllm", tuple(KV_CACHE_DTYPES), reusable=False, ray_executor=True, picks_kernel=True,
+                       full_distribution=False,      # its server returns only its own top-k per position
                        refused_backends=(("bitsandbytes", "vLLM's bitsandbytes path is slated for removal upstream"),)),
 }

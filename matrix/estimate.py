@@ -3,7 +3,8 @@
 A dense decoder's parameters are counted by family (embeddings, lm_head unless tied, per layer
 q/k/v/o and gate/up/down, norms, q/k/v biases where the architecture has them). Quantized Linear
 weights are priced by the storage format each method writes (`FORMATS`, one function a method);
-modules kept in 16-bit (`ignore` / `skip_modules`; lm_head by default) stay at 2 bytes a weight.
+modules kept in 16-bit (`ignore` / `skip_modules`, presets such as lm_head+down_proj or last:N resolved
+by `matrix.methods.keep_patterns`; lm_head by default) stay at 2 bytes a weight.
 Pure: a config dict in, integers out, so `qmx plan` prices hundreds of cells in milliseconds.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from matrix.cells import Cell
 from matrix.engines import KV_CACHE_DTYPES
-from matrix.methods import METHODS, resolved_options
+from matrix.methods import LM_HEAD, METHODS, cell_keep_patterns, resolved_options
 
 GIB = 1024 ** 3
 BF16 = 2
@@ -130,9 +131,6 @@ FORMATS: dict[str, Callable[[Cell, dict[str, Any]], Callable[[int, int], float]]
     "none": _bf16, "gptq": _gptq, "awq": _awq, "prequantized": _published, "nf4": _bnb4, "fp4": _bnb4,
     "int8": _int8, "fp8": _fp8,
 }
-# the option naming the modules kept in 16-bit, per method ("" = none); bitsandbytes keeps lm_head by default
-_KEEP_OPTION = {"gptq": "ignore", "awq": "ignore", "fp8": "ignore", "nf4": "skip_modules", "fp4": "skip_modules",
-                "int8": "skip_modules"}
 KV_BYTES = KV_CACHE_DTYPES
 
 
@@ -146,15 +144,13 @@ def _kept(name: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def kept_modules(cell: Cell) -> tuple[str, ...]:
-    option = _KEEP_OPTION.get(cell.method, "")
-    if not option:
+def kept_modules(cell: Cell, layers: int) -> tuple[str, ...]:
+    """Patterns of the modules `cell` keeps in 16 bits (presets resolved for `layers` decoder layers):
+    () for a method without the option; lm_head where the backend's own default applies (bitsandbytes)."""
+    if METHODS[cell.method].keep_option is None:
         return ()
-    opts = dict(cell.options)
-    if option in opts and opts[option] is not None:
-        return tuple(opts[option])
-    default = METHODS[cell.method].option(option)
-    return tuple(default.default) if default is not None and default.has_default else ("lm_head",)
+    patterns = cell_keep_patterns(cell.method, cell.options, layers)
+    return (LM_HEAD,) if patterns is None else patterns
 
 
 @lru_cache(maxsize=4096)
@@ -187,7 +183,7 @@ def estimate_cell(cell: Cell, config: dict[str, Any]) -> Estimate | None:
     shape = Shape.from_config(config)
     if shape is None:
         return None
-    keep = kept_modules(cell)
+    keep = kept_modules(cell, shape.layers)
     return Estimate(_weight_bytes(shape, cell.method, cell.bits, cell.group_size, cell.options, keep),
                     shape.kv_bytes_per_token(KV_BYTES[cell.kv_cache_dtype]))
 

@@ -12,11 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from matrix.adapters import DEFAULT_ADAPTER_MODE
 from matrix.cells import Cell, SkippedCell
-from matrix.methods import BASELINE_METHOD, METHODS, MethodInfo
+from matrix.methods import BASELINE_METHOD, DEFAULT_GROUP_SIZE, METHODS, MethodInfo, keep_terms
 from matrix.rules import ModelConfig, first_violation
 from matrix.select import selection
-from matrix.spec import MethodSpec, ModelSpec, SpecError, SweepSpec
+from matrix.spec import CalibrationSpec, MethodSpec, ModelSpec, SpecError, SweepSpec
 
 MAX_CELLS = 10_000        # cells of one spec before expansion is refused (--max-cells raises it)
 
@@ -42,6 +43,8 @@ def _one_value(info: MethodInfo, name: str, value: Any) -> Any:
     opt = info.option(name)
     if opt is not None and opt.kind == "float":
         return float(value)
+    if opt is not None and opt.kind == "modules":    # preset "lm_head+down_proj" == [lm_head, down_proj]
+        return keep_terms(value)
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -61,20 +64,27 @@ def _option_grid(info: MethodInfo, options: dict[str, Any]) -> Iterator[tuple[tu
         yield tuple(zip(values, combo))
 
 
-def _dimensions(ms: MethodSpec) -> dict[str, list[Any]]:
-    """One method entry's own dimensions (bits, group size, option grids), defaults filled in."""
+def _dimensions(ms: MethodSpec, calibration: CalibrationSpec) -> dict[str, list[Any]]:
+    """One method entry's own dimensions (bits, group size, option grids, and a calibrated method's
+    calibration fields), defaults filled in."""
     info = METHODS[ms.method]
-    return {"bits": ms.bits or [info.bits[0] if len(info.bits) == 1 else 4],
-            "group_size": list(ms.group_size or [128]) if info.grouped else [None],
-            **{f"options.{n}": v for n, v in _option_values(info, ms.options).items()}}
+    calibrated = {f"calibration.{n}": v if isinstance(v, list) else [v]
+                  for n, v in calibration.model_dump().items()} if info.calibrated else {}
+    return {"bits": ms.bits or [info.default_bits],
+            "group_size": list(ms.group_size or [DEFAULT_GROUP_SIZE]) if info.grouped else [None],
+            **{f"options.{n}": v for n, v in _option_values(info, ms.options).items()}, **calibrated}
 
 
-def _method_variants(ms: MethodSpec) -> Iterator[tuple[str, int, int | None, tuple]]:
+def _method_variants(ms: MethodSpec, calibration: CalibrationSpec
+                     ) -> Iterator[tuple[str, int, int | None, tuple, tuple | None]]:
     info = METHODS[ms.method]
     backend = ms.backend or info.backends[0]
-    dims = _dimensions(ms)
-    for b, g, opts in itertools.product(dims["bits"], dims["group_size"], _option_grid(info, ms.options)):
-        yield backend, b, g, opts
+    dims = _dimensions(ms, calibration)
+    # uncalibrated methods take no calibration: they are not multiplied by its combinations
+    calibrations = calibration.grid() if info.calibrated else (None,)
+    for b, g, opts, calib in itertools.product(dims["bits"], dims["group_size"], _option_grid(info, ms.options),
+                                               calibrations):
+        yield backend, b, g, opts, calib
 
 
 def _methods_with_baseline(spec: SweepSpec) -> list[MethodSpec]:
@@ -89,11 +99,13 @@ def matrix_size(spec: SweepSpec) -> tuple[int, str]:
     multiplies, as text: counted from the spec, nothing expanded."""
     variants = []
     for ms in _methods_with_baseline(spec):
-        dims = {k: len(v) for k, v in _dimensions(ms).items() if len(v) > 1}
+        dims = {k: len(v) for k, v in _dimensions(ms, spec.calibration).items() if len(v) > 1}
         variants.append((math.prod(dims.values()), ms.method, dims))
     n_methods = sum(n for n, _, _ in variants)
     factors = [("models", len(spec.models)), ("method variants", n_methods),
                ("kv_cache_dtype", len(spec.kv_cache_dtype)), ("engine", len(spec.engine))]
+    if len(spec.adapter_mode) > 1:      # an upper bound: models without an adapter have one mode
+        factors.append(("adapter_mode", len(spec.adapter_mode)))
     total = math.prod(n for _, n in factors)
     biggest = sorted(variants, key=lambda v: -v[0])[:2]
     detail = "; ".join(f"{m} {n:,}" + (f" = {' × '.join(f'{k} {d}' for k, d in dims.items())}" if dims else "")
@@ -121,16 +133,16 @@ def expand_matrix(spec: SweepSpec, model_configs: dict[str, ModelConfig] | None 
     invalid ones skipped with their reason."""
     model_configs = model_configs or {}
     evaluation = evaluation_json(spec)
-    calibration = tuple(sorted(spec.calibration.model_dump().items()))
     wanted = selection(list(spec.exclude), [(r.when, r.require) for r in spec.include])
     methods = _methods_with_baseline(spec)
 
     cells: dict[str, Cell] = {}
     skipped: dict[str, SkippedCell] = {}
     dropped: set[str] = set()
-    for model, ms, kv, engine in itertools.product(spec.models, methods, spec.kv_cache_dtype, spec.engine):
-        for backend, bits, group, opts in _method_variants(ms):
-            cell = _make_cell(model, ms, backend, bits, group, opts, kv, engine, calibration, evaluation)
+    for model, ms, kv, engine, mode in itertools.product(spec.models, methods, spec.kv_cache_dtype, spec.engine,
+                                                         spec.adapter_mode):
+        for backend, bits, group, opts, calibration in _method_variants(ms, spec.calibration):
+            cell = _make_cell(model, ms, backend, bits, group, opts, kv, engine, calibration, evaluation, mode)
             cid = cell.cell_id
             if cid in cells or cid in skipped or cid in dropped:
                 continue
@@ -146,12 +158,17 @@ def expand_matrix(spec: SweepSpec, model_configs: dict[str, ModelConfig] | None 
 
 
 def _make_cell(model: ModelSpec, ms: MethodSpec, backend: str, bits: int, group: int | None, opts: tuple,
-               kv: str, engine: str, calibration: tuple, evaluation: str) -> Cell:
+               kv: str, engine: str, calibration: tuple | None, evaluation: str,
+               adapter_mode: str = DEFAULT_ADAPTER_MODE) -> Cell:
     info = METHODS[ms.method]
+    # without an adapter the mode means nothing (those cells collapse into one); the unquantized fine-tuned
+    # model is one model, merged once: the baseline of both modes
+    mode = None if model.adapter is None else DEFAULT_ADAPTER_MODE if ms.method == BASELINE_METHOD else adapter_mode
     return Cell(
         model=model.id, revision=model.revision, method=ms.method, backend=backend,
         bits=bits, group_size=group, options=opts, kv_cache_dtype=kv, engine=engine,
         calibration=calibration if info.calibrated else None, evaluation=evaluation,
         tensor_parallel_size=model.tensor_parallel_size, trust_remote_code=model.trust_remote_code,
         gguf_file=model.gguf_file,
+        adapter=model.adapter, adapter_version=model.adapter_version, adapter_mode=mode,
     )

@@ -4,9 +4,11 @@ One table, the single source of truth for method and option names; implementatio
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from matrix.backends import backends_of
 from matrix.shown import shown
 
 _NO_DEFAULT = object()
@@ -39,8 +41,11 @@ class OptionInfo:
         if self.kind == "choice" and value not in self.choices:
             allowed = ", ".join("null" if c is None else str(c) for c in self.choices)
             return f"value {shown(value)} not allowed; allowed: {allowed}"
-        if self.kind == "modules" and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
-            return f"expects a list of module names, got {shown(value)}"
+        if self.kind == "modules":
+            if not (isinstance(value, str) or (isinstance(value, (list, tuple))
+                                               and all(isinstance(v, str) for v in value))):
+                return f"expects a preset or a list of module names, got {shown(value)}"
+            return next(filter(None, map(_term_problem, keep_terms(value))), None)
         return None
 
     def is_grid(self, value: Any) -> bool:
@@ -50,9 +55,82 @@ class OptionInfo:
         return self.kind != "modules" or (len(value) > 0 and all(isinstance(v, (list, tuple)) for v in value))
 
 
-def _ignore(default: tuple[str, ...] = ("lm_head",)) -> OptionInfo:
+# --- selective precision: the modules a method keeps in 16 bits ----------------------------------
+# A `modules` option (ignore, skip_modules) is a list of terms, or one preset string of terms joined
+# by "+" (`lm_head`, `lm_head+down_proj`, `lm_head+last:2`); a grid of them is a list of lists. A term:
+#   a module name   `lm_head`, `down_proj`, `model.layers.3`: a module whose dotted name ends with it,
+#                   and everything inside that module
+#   first:N, last:N every module of the first / last N decoder layers (N from the model's config)
+#   re:<regex>      matched from the start of the module's full name
+# `keep_patterns` resolves terms, against the model's layer count, into what every backend matches:
+# `lm_head` as is (each backend has its own switch for it) and `re:` patterns for the rest.
+_LAYERS_TERM = re.compile(r"^(first|last):(\d+)$")
+_NAME_TERM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+LM_HEAD = "lm_head"
+
+
+def keep_terms(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A modules value's terms, in order: a preset string and each list entry split at "+" (a `re:` entry
+    is kept whole: a regex may hold "+"). A list without presets gives its own entries (ids unchanged)."""
+    entries = [value] if isinstance(value, str) else list(value)
+    return tuple(t for e in entries for t in ([e] if e.startswith("re:") else e.split("+")))
+
+
+def _term_problem(term: str) -> str | None:
+    if term.startswith("re:"):
+        try:
+            re.compile(term[3:])
+        except re.error as e:
+            return f"term {shown(term)} is not a regex: {e}"
+        return None if term[3:] else "term 're:' has an empty pattern"
+    layers = _LAYERS_TERM.match(term)
+    if layers:
+        return None if int(layers[2]) >= 1 else f"term {term}: N must be >= 1"
+    if not _NAME_TERM.match(term):
+        return (f"term {shown(term)} is unknown; a term is a module name (lm_head, down_proj, ...), "
+                "first:N, last:N or re:<regex>, joined by +")
+    return None
+
+
+def layer_count(config: dict[str, Any]) -> int | None:
+    """Decoder layers in a model's config.json (multimodal wrappers keep the decoder's in text_config)."""
+    return config.get("text_config", config).get("num_hidden_layers")
+
+
+def keep_patterns(value: str | list[str] | tuple[str, ...], layers: int | None) -> tuple[str, ...]:
+    """The module patterns of a modules value, resolved for a model of `layers` decoder layers; ValueError
+    (naming the term) when a first/last N needs more layers than that, or last:N when the count is unknown."""
+    out = []
+    for term in keep_terms(value):
+        found = _LAYERS_TERM.match(term)
+        if found:
+            n = int(found[2])
+            if (layers is None and found[1] == "last") or (layers is not None and n > layers):
+                raise ValueError(f"{term} needs {n} decoder layers; the model has "
+                                 f"{'an unknown number' if layers is None else layers}")
+            picked = range(n) if found[1] == "first" else range(layers - n, layers)
+            out.append(rf"re:(.*\.)?layers\.({'|'.join(map(str, picked))})(\..*)?$")
+        elif term == LM_HEAD or term.startswith("re:"):
+            out.append(term)
+        else:
+            out.append(rf"re:(.*\.)?{re.escape(term)}(\..*)?$")
+    return tuple(out)
+
+
+def cell_keep_patterns(method: str, options: tuple[tuple[str, Any], ...], layers: int | None) -> tuple[str, ...] | None:
+    """The resolved patterns of the modules a cell keeps in 16 bits: its modules option, else that option's
+    default; None where neither is set (the backend's own default applies: bitsandbytes keeps lm_head)."""
+    opt = METHODS[method].keep_option
+    if opt is None:
+        return None
+    value = dict(options).get(opt.name, opt.default if opt.has_default else None)
+    return None if value is None else keep_patterns(value, layers)
+
+
+def _ignore(default: tuple[str, ...] = (LM_HEAD,)) -> OptionInfo:
     return OptionInfo("ignore", "modules", default=list(default),
-                      description="modules kept in 16-bit (names or `re:` patterns); lm_head by default")
+                      description="modules kept in 16-bit: a preset (lm_head, lm_head+down_proj, first:N, last:N, "
+                                  "joined by +) or a list of names and `re:` patterns; lm_head by default")
 
 
 _SYMMETRIC = "symmetric integer grid (no zero points)"
@@ -62,7 +140,8 @@ _KERNEL = OptionInfo("kernel", "choice", ("auto", "marlin", "machete", "exllama_
                      default="auto", backends=("gptqmodel",), at_load=True,
                      description="GPTQModel kernel on the hf engine (auto: GPTQModel's pick; vLLM picks its own)")
 _SKIP = OptionInfo("skip_modules", "modules",
-                   description="modules kept in 16-bit; transformers keeps lm_head by default")
+                   description="modules kept in 16-bit, as `ignore` (presets or a list); transformers keeps "
+                               "lm_head when left out")
 _BNB4 = (OptionInfo("double_quant", "bool", default=False, description="quantize the absmax constants too"),
          OptionInfo("compute_dtype", "choice", ("bfloat16", "float16", "float32"),
                     description="matmul dtype; the model's dtype when left out"),
@@ -73,42 +152,58 @@ _BNB4 = (OptionInfo("double_quant", "bool", default=False, description="quantize
 class MethodInfo:
     name: str
     bits: tuple[int, ...]
-    backends: tuple[str, ...]           # first is the default
     grouped: bool = False               # group size is a real dimension
     calibrated: bool = False            # needs calibration data (changes the artifact)
     artifact: bool = False              # writes a quantized checkpoint (a quantization job to dedup)
     options: tuple[OptionInfo, ...] = field(default=())
     description: str = ""
 
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The backends implementing it (rows of matrix.backends.BACKENDS), the default first."""
+        return backends_of(self.name)
+
     def option(self, name: str) -> OptionInfo | None:
         return next((o for o in self.options if o.name == name), None)
 
+    @property
+    def default_bits(self) -> int:
+        """The bits of a method entry that names none: its only width, else DEFAULT_BITS."""
+        return self.bits[0] if len(self.bits) == 1 else DEFAULT_BITS
+
+    @property
+    def keep_option(self) -> OptionInfo | None:
+        """The option naming the modules it keeps in 16 bits (ignore / skip_modules), if any."""
+        return next((o for o in self.options if o.kind == "modules"), None)
+
+
+DEFAULT_BITS = 4              # a method entry without `bits` (of a method with several widths)
+DEFAULT_GROUP_SIZE = 128      # a grouped method's entry without `group_size`
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("none", (16,), ("none",), description="unquantized baseline (bf16 weights)"),
-    MethodInfo("nf4", (4,), ("bitsandbytes",), options=_BNB4,
+    MethodInfo("none", (16,), description="unquantized baseline (bf16 weights)"),
+    MethodInfo("nf4", (4,), options=_BNB4,
                description="bitsandbytes 4-bit NormalFloat, quantized at load"),
-    MethodInfo("fp4", (4,), ("bitsandbytes",), options=_BNB4,
+    MethodInfo("fp4", (4,), options=_BNB4,
                description="bitsandbytes 4-bit float, quantized at load"),
-    MethodInfo("int8", (8,), ("bitsandbytes",),
+    MethodInfo("int8", (8,),
                options=(OptionInfo("llm_int8_threshold", "float", default=6.0,
                                    description="outlier threshold: columns above it stay fp16"), _SKIP),
                description="LLM.int8() with fp16 outlier columns, quantized at load"),
-    MethodInfo("gptq", (2, 3, 4, 8), ("llmcompressor", "gptqmodel", "autogptq"), grouped=True, calibrated=True,
-               artifact=True,
+    MethodInfo("gptq", (2, 3, 4, 8), grouped=True, calibrated=True, artifact=True,
                options=(OptionInfo("actorder", "choice", (None, "static", "group", "weight"), default=None,
                                    description="activation order (desc_act)"),
                         OptionInfo("dampening_frac", "float", default=0.01, description="Hessian damping"),
                         OptionInfo("symmetric", "bool", default=True, description=_SYMMETRIC),
                         _ignore(), _KERNEL),
                description="GPTQ weight-only quantization with second-order error correction"),
-    MethodInfo("awq", (4,), ("llmcompressor", "autoawq"), grouped=True, calibrated=True, artifact=True,
+    MethodInfo("awq", (4,), grouped=True, calibrated=True, artifact=True,
                # asymmetric (zero points), as AWQ's own default (W4A16_ASYM): declared here, once
                options=(OptionInfo("symmetric", "bool", default=False, description=_SYMMETRIC), _ignore()),
                description="activation-aware weight quantization"),
-    MethodInfo("fp8", (8,), ("llmcompressor",), artifact=True, options=(_ignore(),),
+    MethodInfo("fp8", (8,), artifact=True, options=(_ignore(),),
                description="W8A8 FP8 (dynamic activation scales)"),
-    MethodInfo("prequantized", (2, 3, 4, 8), ("prequantized",), grouped=True,
+    MethodInfo("prequantized", (2, 3, 4, 8), grouped=True,
                options=(OptionInfo("checkpoint", "str", required=True,
                                    description="hub id or local path of a published GPTQ/AWQ/compressed-tensors "
                                                "checkpoint of the cell's model"),),

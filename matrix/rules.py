@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from matrix.adapters import ADAPTER_MODES
 from matrix.cells import Cell
 from matrix.engines import ENGINES
-from matrix.methods import METHODS
+from matrix.methods import METHODS, cell_keep_patterns, layer_count
 
 ModelConfig = dict[str, Any]
 
@@ -89,9 +90,35 @@ def _kernel_on_hf(cell: Cell, _: ModelConfig) -> str | None:
     return None
 
 
+def _kept_layers_exist(cell: Cell, config: ModelConfig) -> str | None:
+    # a first:N / last:N preset needs N decoder layers; unknown config: checked when the backend resolves it
+    layers = layer_count(config) if config else None
+    if layers is None:
+        return None
+    try:
+        cell_keep_patterns(cell.method, cell.options, layers)
+    except ValueError as e:
+        return f"option {METHODS[cell.method].keep_option.name}: {e}"
+    return None
+
+
 def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:
     if cell.method == "prequantized" and (cell.gguf_file or cell.model.endswith(".gguf")):
         return "a GGUF model is de-quantized to 16-bit at load; a prequantized checkpoint is a separate model"
+    return None
+
+
+def _adapter_mode_on_engine(cell: Cell, _: ModelConfig) -> str | None:
+    mode = ADAPTER_MODES.get(cell.adapter_mode or "")
+    if mode is not None and mode.engines is not None and cell.engine not in mode.engines:
+        return (f"adapter_mode {mode.name} needs the {', '.join(mode.engines)} engine (engine is {cell.engine}): "
+                f"{mode.why}")
+    return None
+
+
+def _adapter_on_16bit_base(cell: Cell, _: ModelConfig) -> str | None:
+    if cell.adapter is not None and cell.method == "prequantized":
+        return "an adapter applies to the 16-bit base; a prequantized checkpoint is a separate model"
     return None
 
 
@@ -104,6 +131,9 @@ RULES: tuple[Rule, ...] = (
     Rule("gguf-prequantized", _gguf_needs_16bit_start),
     Rule("bitsandbytes-on-hf", _bitsandbytes_on_hf),
     Rule("kernel-on-hf", _kernel_on_hf),
+    Rule("kept-layers-exist", _kept_layers_exist),
+    Rule("adapter-mode-engine", _adapter_mode_on_engine),
+    Rule("adapter-prequantized", _adapter_on_16bit_base),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from matrix import engines
+from matrix.adapters import ADAPTER_MODES
 from matrix.cells import Cell
 from matrix.methods import METHODS
 
@@ -31,6 +32,7 @@ _DIMENSIONS: dict[str, tuple[Any, ...] | None] = {
     "kv_cache_dtype": KV_CACHE_DTYPES,
     "engine": ENGINES,
     "tensor_parallel_size": None,
+    "adapter_mode": tuple(ADAPTER_MODES) + (None,),     # None: a model without an adapter
 }
 OPTION_NAMES = tuple(dict.fromkeys(o.name for m in METHODS.values() for o in m.options))
 MATCH_KEYS = tuple(_DIMENSIONS) + OPTION_NAMES

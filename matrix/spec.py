@@ -4,6 +4,7 @@ Errors name the field path, the bad value and what is allowed, before any work s
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from matrix.adapters import ADAPTER_CONFIG, ADAPTER_MODES, DEFAULT_ADAPTER_MODE, content_digest
 from matrix.corpora import parse_corpus
 from matrix.hardware import ACCELERATORS
 from matrix.methods import METHODS
@@ -28,6 +30,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")     # owner/name
+
+
 def _known_corpus(v: str) -> str:
     parse_corpus(v)         # a ValueError naming the known corpora and forms
     return v
@@ -40,6 +45,45 @@ class ModelSpec(_Strict):
                                                     "(de-quantized to 16-bit at load)")
     tensor_parallel_size: int = Field(1, ge=1)
     trust_remote_code: StrictBool = False      # "yes", "on", 1 are not true: it runs the model's own code
+    adapter: str | None = Field(None, min_length=1, description="a LoRA adapter (peft) of this model: a local folder "
+                                "(relative: the spec's folder first) or a hub id; merged into the base, or applied "
+                                "at load (the sweep's adapter_mode)")
+    adapter_revision: str | None = Field(None, min_length=1, description="the hub adapter's revision")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A local folder becomes its absolute path (it must hold adapter_config.json); else a hub id."""
+        if v is None:
+            return v
+        given = Path(v).expanduser()
+        base = (info.context or {}).get("base_dir")
+        candidates = [given] if given.is_absolute() else [Path(b) / given for b in (base, Path.cwd()) if b is not None]
+        try:
+            folder = next((p for p in candidates if p.is_dir()), None)
+            if folder is not None and not (folder / ADAPTER_CONFIG).is_file():
+                raise ValueError(f"adapter folder {shown(v)} has no {ADAPTER_CONFIG}: not a peft adapter")
+        except OSError as e:    # a name too long, unreadable: a spec error, not a traceback
+            raise ValueError(f"cannot read adapter folder {shown(v)}: {e.strerror or e}") from None
+        if folder is not None:
+            return str(folder.resolve())
+        if not _HUB_ID.match(v):
+            raise ValueError(f"adapter {shown(v)} is neither a local folder nor a hub id (owner/name)")
+        return v
+
+    @model_validator(mode="after")
+    def _adapter_revision_on_hub(self) -> "ModelSpec":
+        if self.adapter_revision is not None and (self.adapter is None or Path(self.adapter).is_absolute()):
+            raise ValueError("adapter_revision applies to a hub adapter only" if self.adapter else
+                             "adapter_revision without an adapter")
+        return self
+
+    @property
+    def adapter_version(self) -> str | None:
+        """What identifies the adapter's weights beside its name: a local folder's content hash, a hub revision."""
+        if self.adapter is None:
+            return None
+        return content_digest(self.adapter) if Path(self.adapter).is_absolute() else self.adapter_revision
 
     @model_validator(mode="after")
     def _gguf_source(self) -> "ModelSpec":
@@ -122,12 +166,62 @@ class MethodSpec(_Strict):
         return self
 
 
-class CalibrationSpec(_Strict):
-    corpus: str = "evals-c4"
-    samples: int = Field(16, ge=1)
-    seq_len: int = Field(256, ge=16)
+def _corpus_problem(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"expects a corpus name, got {shown(v)}"
+    try:
+        parse_corpus(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
-    _corpus = field_validator("corpus")(_known_corpus)
+
+def _at_least(low: int):
+    def problem(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"expects an integer, got {shown(v)}"
+        return None if v >= low else f"must be >= {low} (got {v})"
+    return problem
+
+
+# field -> why one value is bad; each field takes one value or a list of them (a dimension)
+_CALIBRATION_CHECKS = {"corpus": _corpus_problem, "samples": _at_least(1), "seq_len": _at_least(16)}
+
+
+class CalibrationSpec(_Strict):
+    """The calibration data of calibrated methods (GPTQ, AWQ). Each field is one value or a list: the
+    product is a dimension of those methods, each combination its own artifact."""
+    corpus: str | list[str] = Field("evals-c4", description="a named corpus, wikitext2, hf:... or file:...")
+    samples: int | list[int] = Field(16, description="sequences (>= 1; the guides use 128-1024)")
+    seq_len: int | list[int] = Field(256, description="tokens per sequence (>= 16)")
+
+    @field_validator("corpus", "samples", "seq_len", mode="before")
+    @classmethod
+    def _each_value(cls, v: Any, info: ValidationInfo) -> Any:
+        check = _CALIBRATION_CHECKS[info.field_name]
+        if not isinstance(v, list):
+            problem = check(v)
+            if problem:
+                raise ValueError(problem)
+            return v
+        if not v:
+            raise ValueError("an empty list gives no cells")
+        for i, one in enumerate(v):
+            problem = check(one)
+            if problem:
+                raise ValueError(f"[{i}]: {problem}")    # _format_errors joins "[i]" onto the field's path
+        return v
+
+    def grid(self) -> tuple[tuple[tuple[str, Any], ...], ...]:
+        """Every combination, each as a cell holds it: sorted (field, value) pairs, duplicates dropped.
+        A spec of scalars gives the one combination cells always had (their ids unchanged)."""
+        values = {n: v if isinstance(v, list) else [v] for n, v in sorted(self.model_dump().items())}
+        return tuple(dict.fromkeys(tuple(zip(values, combo)) for combo in itertools.product(*values.values())))
+
+
+def calibration_defaults() -> dict[str, Any]:
+    """CalibrationSpec's defaults, declared there once: what a cell's calibration without a field means."""
+    return {name: f.default for name, f in CalibrationSpec.model_fields.items()}
 
 
 class PerplexitySpec(_Strict):
@@ -307,6 +401,15 @@ class PromptSetSpec(_Strict):
         return str(found.resolve())
 
 
+class LayerSensitivitySpec(_Strict):
+    """Each linear layer's output error against the baseline's, on the baseline's activations of a text."""
+    corpus: str = Field("evals-c4", description="the text whose activations feed every layer (calibration-like)")
+    max_tokens: int = Field(256, ge=16, description="tokens of the corpus run through the base model")
+    context: int = Field(256, ge=16, description="tokens per forward pass (windows of the text, BOS prepended)")
+
+    _corpus = field_validator("corpus")(_known_corpus)
+
+
 class EvaluationSpec(_Strict):
     perplexity: PerplexitySpec | None = PerplexitySpec()
     speed: SpeedSpec | None = SpeedSpec()
@@ -317,6 +420,7 @@ class EvaluationSpec(_Strict):
     gsm8k: GSM8KSpec | None = None
     json_output: JsonOutputSpec | None = None
     long_context: LongContextSpec | None = None
+    layer_sensitivity: LayerSensitivitySpec | None = None
 
 
 class RuntimeEnvSpec(_Strict):
@@ -390,6 +494,10 @@ class SweepSpec(_Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     kv_cache_dtype: list[Literal[KV_CACHE_DTYPES]] = Field(default_factory=lambda: ["auto"], min_length=1)
     engine: list[Literal[ENGINES]] = Field(default_factory=lambda: ["hf"], min_length=1)
+    adapter_mode: list[Literal[tuple(ADAPTER_MODES)]] = Field(
+        default_factory=lambda: [DEFAULT_ADAPTER_MODE], min_length=1,
+        description="for models with an adapter: merged (merge, then quantize) and/or unmerged (quantize the base, "
+                    "apply the adapter at load: hf engine)")
     calibration: CalibrationSpec = CalibrationSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -437,6 +545,12 @@ class SweepSpec(_Strict):
                                      f"allowed: {bounded(', '.join(ids), 200)}")
         return self
 
+    @model_validator(mode="after")
+    def _adapter_mode_has_adapter(self) -> "SweepSpec":
+        if "adapter_mode" in self.model_fields_set and not any(m.adapter for m in self.models):
+            raise ValueError("adapter_mode: no model entry names an adapter")
+        return self
+
 
 def spec_json_schema() -> dict[str, Any]:
     """The spec's JSON Schema, plus the method table (`x-methods`: bits, backends, options) and the
@@ -474,6 +588,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for n, e in enumerate(problems):
         path = ".".join(_path_part(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
+        if index := re.match(r"\[\d+\]: ", msg):    # a list field's bad entry: `field[i]: why`
+            path, msg = path + index[0][:-2], msg[index.end():]
         bad = e.get("input")
         got = "" if isinstance(bad, (dict, list)) or shown(bad) in msg else f" (got {shown(bad)})"
         line = bounded(f"  {path}: {msg}{got}", _LINE_LIMIT)

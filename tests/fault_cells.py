@@ -71,8 +71,7 @@ def _misbehave(fault: str | None, folder: str, tag: str) -> None:
 def run_fn(cell: Cell, manifest, state):
     import pyarrow as pa
 
-    from jobs.run_cell import CellOutcome
-    from matrix.results import METRIC_SCHEMA
+    from matrix.results import METRIC_SCHEMA, CellOutcome, RunFacts
 
     o = dict(cell.options)
     _log_start(o["dir"], "cell", cell)
@@ -81,27 +80,47 @@ def run_fn(cell: Cell, manifest, state):
     time.sleep(o["seconds"])
     metrics = pa.Table.from_pylist([{"metric": "sleep_seconds", "value": o["seconds"], "unit": "s",
                                      "direction": "lower", "settings": "{}"}], schema=METRIC_SCHEMA)
-    return CellOutcome(metrics, {"host": os.uname().nodename, "device": "cpu (synthetic)"})
+    return CellOutcome(metrics, RunFacts(host=os.uname().nodename, device="cpu (synthetic)"))
 
 
 def quantize_fn(cell: Cell):
+    from matrix.results import Manifest
+
     o = dict(cell.options)
     _log_start(o["dir"], "build", cell)
     _misbehave(o.get("fault"), o["dir"], cell.artifact_key)
     time.sleep(o["seconds"])
-    return {"artifact_key": cell.artifact_key, "built": True, "quantize_seconds": o["seconds"]}
+    return Manifest(cell.artifact_key, path=o["dir"], format="synthetic", built=True, quantize_seconds=o["seconds"])
 
 
-def scheduler(store, cluster, resources, report, **kw):
-    """The driver's own scheduler with this module's work (its functions travel to workers by value)."""
+class FaultWork:
+    """cluster.scheduler.Work: this module's cells, as their options say."""
+    quantize = staticmethod(quantize_fn)
+    run = staticmethod(run_fn)
+
+    def needs_artifact(self, cell: Cell) -> bool:
+        return cell.method != "none"
+
+    def reusable(self, cell: Cell) -> bool:
+        return True
+
+    def cost(self, cell: Cell) -> float:
+        return dict(cell.options)["seconds"]
+
+    def quantize_cost(self, cell: Cell) -> float:
+        from cluster.scheduling import estimate_quantize_cost
+        return estimate_quantize_cost(cell)
+
+
+def scheduler(store, cluster, resources, report):
+    """The driver's own scheduler with this module's work (which travels to workers by value)."""
     import ray.cloudpickle
 
-    from cluster.driver import _Scheduler
+    from cluster.recorder import Recorder
+    from cluster.scheduler import Scheduler
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return _Scheduler(store, cluster, resources, report, None, run_fn=run_fn, quantize_fn=quantize_fn,
-                      cost_fn=lambda c: dict(c.options)["seconds"], needs_artifact=lambda c: c.method != "none",
-                      reusable=lambda c: True, **kw)
+    return Scheduler(Recorder(store), cluster, resources, FaultWork(), report=report)
 
 
 def _drive(args) -> None:

@@ -102,17 +102,17 @@ def test_backend_on_gpu(case, gpu_model):
     model, corpus = gpu_model
     base_ppl, _, base_kernels = _ppl(_cell(model, corpus, "none", "none", 16), corpus)
     ppl, manifest, kernels = _ppl(_cell(model, corpus, method, backend, *rest, **options), corpus)
-    assert manifest["format"].startswith(fmt)
+    assert manifest.format.startswith(fmt)
     assert not base_kernels
     # transformers decompresses compressed-tensors checkpoints into dense Linear layers (the memory
     # evaluator notes it); every other format keeps its own quantized layers
     assert bool(kernels) != fmt.startswith("compressed-tensors"), f"quantized linear layers: {kernels}"
     if "kernel" in options:
         assert options["kernel"] in " ".join(kernels).lower(), kernels
-    if manifest["quantize_seconds"] is not None:
-        assert manifest["device"] == "cuda" and manifest["peak_cuda_bytes"] > 0
-        assert not manifest["notes"] or "pin_memory" not in " ".join(manifest["notes"])   # the CPU workaround stays off
-    print(f"GPU {case}: {torch.cuda.get_device_name()} format {manifest['format']} quantize_seconds "
-          f"{manifest['quantize_seconds']} peak_cuda_bytes {manifest.get('peak_cuda_bytes')} kernels {kernels} perplexity {ppl:.2f} "
-          f"(base {base_ppl:.2f}) versions {json.dumps(manifest.get('library_versions'))}")
+    if manifest.quantize_seconds is not None:
+        assert manifest.device == "cuda" and manifest.peak_cuda_bytes > 0
+        assert not manifest.notes or "pin_memory" not in " ".join(manifest.notes)   # the CPU workaround stays off
+    print(f"GPU {case}: {torch.cuda.get_device_name()} format {manifest.format} quantize_seconds "
+          f"{manifest.quantize_seconds} peak_cuda_bytes {manifest.peak_cuda_bytes} kernels {kernels} perplexity {ppl:.2f} "
+          f"(base {base_ppl:.2f}) versions {json.dumps(manifest.library_versions)}")
     assert ppl == ppl and ppl < 1.5 * base_ppl

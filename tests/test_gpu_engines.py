@@ -40,8 +40,18 @@ def test_vllm_perplexity_matches_transformers_and_fp8_kv_doubles_capacity():
     hf.close()
     auto = _load(_cell("vllm"))
     vllm_ppl = run_evaluator("perplexity", auto, PPL).metrics[0]
+    # the Engine interface on the cell's server: exact token counts, own-token log-probs, its server handle
+    ids = auto.tokenizer("The capital of France is")["input_ids"]
+    assert [len(t) for t in auto.generate([ids, ids], 5)] == [5, 5]
+    (own,) = auto.prompt_logprobs([ids])
+    assert own[0] is None and len(own) == len(ids) and all(x <= 0 for x in own[1:])
+    (text,) = auto.generate_text([ids], 8, stop=("\n",))
+    assert 0 < text.tokens <= 8 and "\n" not in text.text
+    with auto.serve({}) as served:
+        assert served.url == auto.server.url and served.batching == "continuous"
+    assert not auto.full_distribution
     memory = {m.name: m.value for m in run_evaluator("memory", auto, {}).metrics}
-    server = auto.handle
+    server = auto.server
     auto.close()                 # stops its `vllm serve`
     fp8 = _load(_cell("vllm", "fp8_e4m3"))
     fp8_memory = {m.name: m.value for m in run_evaluator("memory", fp8, {}).metrics}
@@ -52,5 +62,5 @@ def test_vllm_perplexity_matches_transformers_and_fp8_kv_doubles_capacity():
     # both bf16 on the same tokens: kernels differ, the model does not
     assert vllm_ppl.value == pytest.approx(hf_ppl.value, rel=0.01)
     assert memory["kv_cache_tokens"] > 0
-    assert auto.info["engine_starts"] == 1 and server.proc.poll() is not None   # closed: its server is gone
+    assert auto.info.engine_starts == 1 and server.proc.poll() is not None   # closed: its server is gone
     assert fp8_memory["kv_cache_tokens"] > 1.8 * memory["kv_cache_tokens"]

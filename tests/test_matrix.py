@@ -104,8 +104,8 @@ def test_default_spec_expands_as_documented():
      ["'int8'", "bfloat16, float16, float32"]),
     ({"methods": [{"method": "int8", "options": {"llm_int8_threshold": "high"}}]}, "methods.0.options",
      ["expects a number"]),
-    ({"methods": [{"method": "awq", "options": {"ignore": "lm_head"}}]}, "methods.0.options",
-     ["expects a list of module names"]),
+    ({"methods": [{"method": "awq", "options": {"ignore": 3}}]}, "methods.0.options",
+     ["expects a preset or a list of module names"]),     # a string is a preset (lm_head+down_proj)
     ({"methods": [{"method": "prequantized"}]}, "methods.0.options", ["prequantized needs option checkpoint"]),
     ({"evaluation": {"serving": {"concurrency": [4, 0]}}}, "evaluation.serving.concurrency", ["at least 1"]),
     ({"evaluation": {"serving": {"request_rate": -1}}}, "evaluation.serving.request_rate", ["greater than 0"]),

@@ -13,15 +13,19 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from analysis.store import ResultStore
-from cluster.driver import PlacementError, SweepReport, _Scheduler, run_sweep
+from cluster.driver import PlacementError, run_sweep
 from cluster.ray_runtime import cluster_resources
-from jobs.run_cell import CellOutcome
-from matrix.results import METRIC_SCHEMA
+from cluster.recorder import Recorder
+from cluster.scheduler import Scheduler, SweepReport
+from cluster.scheduling import estimate_cost, estimate_quantize_cost
+from matrix.results import METRIC_SCHEMA, CellOutcome, Manifest, RunFacts
 from matrix import Cell
 from matrix.spec import parse_spec
 
@@ -116,19 +120,47 @@ def _synthetic(engine: str, tp: int, i: int) -> Cell:
                 tensor_parallel_size=tp)
 
 
+@dataclass(frozen=True)
+class _Injected:
+    """cluster.scheduler.Work from two functions: `quantize_fn(cell)` returns facts the cell's
+    `run_fn(cell, manifest, state)` reads back from `manifest.backend_facts`."""
+    run_fn: Any
+    quantize_fn: Any
+    reusable_: bool = True
+
+    def quantize(self, cell):
+        return Manifest.of({"artifact_key": cell.artifact_key, "path": "", "format": "synthetic",
+                            **self.quantize_fn(cell)})
+
+    def run(self, cell, manifest, state):
+        return self.run_fn(cell, manifest, state)
+
+    def needs_artifact(self, cell):
+        return True
+
+    def reusable(self, cell):
+        return self.reusable_
+
+    def cost(self, cell):
+        return estimate_cost(cell)
+
+    def quantize_cost(self, cell):
+        return estimate_quantize_cost(cell)
+
+
 def _drive(tmp_path, cells, resources: dict, run_fn, quantize_fn, reusable=True) -> tuple[SweepReport, list[dict]]:
     """Cells through the driver's scheduler with injected work (no model): what Ray gave each stage."""
     from matrix.spec import ResourcesSpec
 
     store = ResultStore(tmp_path, "injected")
     report = SweepReport("injected", len(cells), 0, 0)
-    _Scheduler(store, cluster_resources(), ResourcesSpec(**resources), report, None, run_fn=run_fn,
-               quantize_fn=quantize_fn, needs_artifact=lambda c: True, reusable=lambda c: reusable).run(cells)
+    Scheduler(Recorder(store), cluster_resources(), ResourcesSpec(**resources), _Injected(run_fn, quantize_fn, reusable),
+              report=report).run(cells)
     return report, _runs(tmp_path, "injected")
 
 
 def _outcome(notes: dict) -> CellOutcome:
-    return CellOutcome(pa_empty_metrics(), {"notes": json.dumps(notes)})
+    return CellOutcome(pa_empty_metrics(), RunFacts(notes=json.dumps(notes)))
 
 
 def pa_empty_metrics():
@@ -145,7 +177,7 @@ def test_each_gpu_build_runs_in_a_process_of_its_own(cluster, tmp_path):
         return {"built": True, "pid": os.getpid(), "gpus": ray.get_gpu_ids()}
 
     def run_fn(cell, manifest, state):
-        return _outcome({"build": [manifest["pid"], manifest["gpus"]]})
+        return _outcome({"build": [manifest.backend_facts["pid"], manifest.backend_facts["gpus"]]})
 
     cells = [_synthetic("hf", 1, i) for i in range(6)]            # 6 artifact keys on 4 GPUs: some GPUs build twice
     report, runs = _drive(tmp_path, cells, {"max_retries": 0}, run_fn, quantize_fn)
@@ -182,7 +214,7 @@ def test_each_stage_runs_in_its_own_runtime_env(cluster, tmp_path):
         return {"built": True, "stage": os.environ.get("QMX_STAGE"), "exe": sys.executable}
 
     def run_fn(cell, manifest, state):
-        return _outcome({"quantize": [manifest["stage"], manifest["exe"]],
+        return _outcome({"quantize": [manifest.backend_facts["stage"], manifest.backend_facts["exe"]],
                          "serve": [os.environ.get("QMX_STAGE"), sys.executable]})
 
     venv_python = sys.executable               # the venv's own interpreter, as a user's prebuilt env would be

@@ -85,3 +85,15 @@ def test_no_backend_restates_the_symmetric_default():
                     and node.args[0].value == "symmetric":
                 offenders.append(f"{path.name}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_no_backend_looks_up_an_option_that_has_a_default():
+    """Backends read resolved options (`opts[name]`): a `.get(name, ...)` of an option with a default
+    restates or guesses that default (dampening 0.01, threshold 6.0, kernel auto were restated)."""
+    defaulted = {o for _, o in WITH_DEFAULTS}
+    offenders = [f"{path.name}:{node.lineno} {node.args[0].value}"
+                 for path in (ROOT / "jobs" / "quantize").glob("*.py")
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                 and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in defaulted]
+    assert not offenders, offenders

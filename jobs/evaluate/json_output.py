@@ -64,7 +64,7 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     common = dict(prompts=len(rows), max_new_tokens=max_new, extraction=EXTRACTION, decoding="greedy",
                   chat_template=False, prompt_set=PROMPTS.name,
                   sha256=hashlib.sha256(PROMPTS.read_bytes()).hexdigest()[:16], engine=engine.name,
-                  compute_dtype=engine.compute_dtype, kv_cache_dtype=engine.info.get("kv_cache_dtype", "auto"))
+                  compute_dtype=engine.compute_dtype, kv_cache_dtype=engine.kv_cache_dtype)
     row_settings = json.dumps({**common, "evaluator": "json_output"}, sort_keys=True)
     table = [{"prompt_id": f"json:{r['id']}", "prompt": r["prompt"], "output": o.text, "output_tokens": o.tokens,
               "seconds": None, "settings": row_settings} for o, r in zip(outputs, rows)]

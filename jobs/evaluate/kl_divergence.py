@@ -38,7 +38,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jobs.evaluate import Evaluation, Metric
 from jobs.evaluate.perplexity import corpus_token_ids, scored_windows
@@ -74,14 +74,16 @@ def _rest_logmass(logprobs, idx):
     return logprobs.scatter(1, idx, float("-inf")).logsumexp(dim=-1)
 
 
-def _reference(model, ids: list[int], settings: dict[str, Any], bos: int | None, device: str, top_k: int):
+def _reference(logprobs_of: Callable, ids: list[int], settings: dict[str, Any], bos: int | None, top_k: int):
+    """`logprobs_of(window, new)`: the reference's fp32 log-probs [new, vocab] (an engine's
+    `next_token_logprobs`, or `_window_logprobs` of the loaded base)."""
     import torch
     tops, idxs, rests, targets = [], [], [], []
     with torch.inference_mode():
         for window, new in scored_windows(ids, settings["context"], settings["stride"], bos):
             if new <= 0:
                 continue
-            lp = _window_logprobs(model, window, new, device)
+            lp = logprobs_of(window, new)
             top, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)   # sorted: column 0 is the argmax
             tops.append(top.cpu()); idxs.append(idx.cpu()); rests.append(_rest_logmass(lp, idx).cpu())
             targets.append(_target_logprobs(lp, window, new).cpu())
@@ -111,12 +113,15 @@ def baseline_reference(engine, ids: list[int], settings: dict[str, Any], top_k: 
     if not path.is_file():
         with file_lock(path.with_suffix(".lock")):
             if not path.is_file():      # another worker may have written it while we waited
-                # the baseline cell's own model is the reference: no second copy in memory
-                model = engine.model if engine.is_base else _load_base(engine)
-                try:
-                    ref = _reference(model, ids, settings, engine.tokenizer.bos_token_id, engine.device, top_k)
-                finally:
-                    if model is not engine.model:
+                bos = engine.tokenizer.bos_token_id
+                if engine.is_base:       # the baseline cell's own model is the reference: no second copy in memory
+                    ref = _reference(engine.next_token_logprobs, ids, settings, bos, top_k)
+                else:
+                    model = _load_base(engine)
+                    try:
+                        ref = _reference(lambda window, new: _window_logprobs(model, window, new, engine.device),
+                                         ids, settings, bos, top_k)
+                    finally:
                         del model
                         if torch.cuda.is_available():
                             torch.cuda.empty_cache()
@@ -131,9 +136,8 @@ def baseline_reference(engine, ids: list[int], settings: dict[str, Any], top_k: 
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: int | None, device: str,
-                         ref: dict[str, Any]):
-    """Per-token coarsened KL(P_ref || Q_model), top-1 agreement and the cell's log-prob of the actual
+def kl_against_reference(engine, ids: list[int], settings: dict[str, Any], bos: int | None, ref: dict[str, Any]):
+    """Per-token coarsened KL(P_ref || Q_engine), top-1 agreement and the cell's log-prob of the actual
     next token (1-D tensors)."""
     import torch
     kls, agree, targets, row = [], [], [], 0
@@ -141,7 +145,7 @@ def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: i
         for window, new in scored_windows(ids, settings["context"], settings["stride"], bos):
             if new <= 0:
                 continue
-            q = _window_logprobs(model, window, new, device).cpu()
+            q = engine.next_token_logprobs(window, new).cpu()
             p_top = ref["top_logprobs"][row:row + new]
             idx = ref["top_ids"][row:row + new]
             p_rest = ref["rest_logmass"][row:row + new]
@@ -160,8 +164,8 @@ def kl_against_reference(model, ids: list[int], settings: dict[str, Any], bos: i
 
 
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
-    if engine.model is None:
-        # vLLM returns only its own top-k per position, not the cell's mass on the baseline's top-k
+    if not engine.full_distribution:
+        # e.g. vLLM returns only its own top-k per position, not the cell's mass on the baseline's top-k
         return Evaluation([], notes=(f"kl_divergence not measured on the {engine.name} engine: it needs the "
                                      "cell's full next-token distribution (hf engine)",))
     if engine.base_path is None:
@@ -169,8 +173,7 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
     top_k = settings.get("top_k", DEFAULT_TOP_K)
     ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
     ref = baseline_reference(engine, ids, settings, top_k)
-    kl, agree, q_target = kl_against_reference(engine.model, ids, settings, engine.tokenizer.bos_token_id,
-                                               engine.device, ref)
+    kl, agree, q_target = kl_against_reference(engine, ids, settings, engine.tokenizer.bos_token_id, ref)
     common = dict(corpus=settings["corpus"], context=settings["context"], stride=settings["stride"],
                   tokens=int(kl.numel()), top_k=top_k, reference=f"unquantized base, {engine.compute_dtype}",
                   approximation="top-k + rest bucket (lower bound on full KL)")

@@ -139,16 +139,15 @@ def _metrics(result: dict[str, Any], key: str, **settings: Any) -> list[Metric]:
 
 
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
-    if engine.model is None:
+    if not engine.full_distribution:
         # lm-eval's vllm backend builds its own LLM: a second copy beside this cell's engine
         return Evaluation([], notes=(f"lm_eval not run on the {engine.name} engine here: use the hf engine",))
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     folder = task_dir()
     builtin = json.loads((folder / "done").read_text())
     limit, fewshot = settings["limit"], settings["num_fewshot"]
-    lm = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=8)
+    lm = engine.lm_eval_model(batch_size=8)
     metrics, notes = [], []
     for task in settings["tasks"]:
         spec, key, source, manager = _lm_eval_task(task, folder, builtin)

@@ -24,8 +24,7 @@ from typing import Any
 
 from jobs.evaluate import Evaluation, Metric
 from jobs.evaluate.generate import greedy
-from jobs.evaluate.perplexity import (convention, corpus_token_ids, perplexity_stderr, window_nlls,
-                                      window_nlls_vllm)
+from jobs.evaluate.perplexity import convention, corpus_token_ids, perplexity_stderr, window_nlls
 
 INTRO = ("There is a pass key hidden inside a lot of irrelevant text. Find it and memorize it: "
          "you will be asked for it at the end.\n\n")
@@ -36,11 +35,9 @@ _INTEGER = re.compile(r"\d+")
 
 
 def max_positions(engine) -> int:
-    """Positions a sequence may hold, prompt and generated tokens together: the vLLM server's
-    max_model_len, else the model config's max_position_embeddings."""
-    if engine.name == "vllm":
-        return int(engine.info["engine_args"]["max_model_len"])
-    return int(engine.model.config.max_position_embeddings)
+    """Positions a sequence may hold, prompt and generated tokens together (the vLLM server's
+    max_model_len, hf: the model config's max_position_embeddings)."""
+    return engine.info.max_positions
 
 
 def passkey(length: int, depth: float) -> int:
@@ -67,10 +64,7 @@ def answered(text: str, key: int) -> bool:
 
 
 def _window_nlls(engine, ids: list[int], context: int) -> list[tuple[float, int]]:
-    bos = engine.tokenizer.bos_token_id
-    if engine.name == "vllm":
-        return window_nlls_vllm(engine.handle.url, ids, context, context, bos)
-    return window_nlls(engine.model, ids, context, context, bos, engine.device)
+    return window_nlls(engine, ids, context, context, engine.tokenizer.bos_token_id)
 
 
 def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
@@ -79,7 +73,7 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     positions = max_positions(engine)
     window_cap = positions - 1      # a scored window leaves room for the one token vLLM must generate
     bos_slot = 1 if engine.tokenizer.bos_token_id is not None else 0
-    common = dict(corpus=corpus, kv_cache_dtype=engine.info.get("kv_cache_dtype", "auto"), engine=engine.name,
+    common = dict(corpus=corpus, kv_cache_dtype=engine.kv_cache_dtype, engine=engine.name,
                   compute_dtype=engine.compute_dtype, max_positions=positions)
     # window size -> why it is measured (one window size measured once)
     contexts = {min(int(settings["max_context"]), window_cap) - bos_slot: ["model max"]}

@@ -36,36 +36,41 @@ def _board_memory_used() -> int | None:
         return None
 
 
-def _vllm(engine) -> list[Metric]:
+def vllm_memory(info) -> Evaluation:
     """vLLM holds the weights in its server's engine-core process: report the checkpoint's weight
     bytes, what vLLM says its weights took on the GPU, the KV cache capacity it allocated, and the
-    board's used memory (vLLM reserves a fixed fraction up front, so this is also its peak)."""
-    args = engine.info["engine_args"]
-    out = [Metric.of("weight_bytes", engine.weight_bytes_at_load, "bytes", "lower", measured="checkpoint safetensors"),
-           Metric.of("kv_cache_tokens", engine.info["kv_cache_tokens"], "tokens", "higher",
-                     kv_cache_dtype=engine.info["kv_cache_dtype"],
+    board's used memory (vLLM reserves a fixed fraction up front, so this is also its peak).
+    `info`: the engine's EngineInfo (its facts: engine args, start-up log figures)."""
+    args = info.facts["engine_args"]
+    out = [Metric.of("weight_bytes", info.weight_bytes_at_load, "bytes", "lower", measured="checkpoint safetensors"),
+           Metric.of("kv_cache_tokens", info.facts["kv_cache_tokens"], "tokens", "higher",
+                     kv_cache_dtype=info.kv_cache_dtype,
                      gpu_memory_utilization=args["gpu_memory_utilization"], max_model_len=args["max_model_len"])]
-    if "weights_gib" in engine.info.get("startup", {}):
-        out.append(Metric.of("weights_on_gpu_bytes", engine.info["startup"]["weights_gib"] * 2**30, "bytes", "lower",
+    if "weights_gib" in info.facts.get("startup", {}):
+        out.append(Metric.of("weights_on_gpu_bytes", info.facts["startup"]["weights_gib"] * 2**30, "bytes", "lower",
                              measured="vllm log: Model loading took"))
     if (used := _board_memory_used()) is not None:
         out.append(Metric.of("peak_memory_bytes", used, "bytes", "lower", kind="nvml board memory used",
                              gpu_memory_utilization=args["gpu_memory_utilization"]))
-    return out
+    return Evaluation(out)
 
 
 def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
+    return engine.memory_metrics()
+
+
+def transformers_memory(model, at_load: int, device: str) -> Evaluation:
+    """A transformers model in this process: its weight bytes at load and now, and the process's peak
+    (CUDA allocator on a GPU, peak RSS on CPU)."""
     import torch
 
-    if engine.name == "vllm":
-        return Evaluation(_vllm(engine))
-    in_use, at_load = weight_bytes(engine.model), engine.weight_bytes_at_load
+    in_use = weight_bytes(model)
     notes = ("the engine decompressed the quantized weights at first forward (see weights_in_use_bytes)",) \
         if in_use > at_load * 1.2 else ()
     out = [Metric.of("weight_bytes", at_load, "bytes", "lower", floats_counted_at="16-bit", measured="after load"),
            Metric.of("weights_in_use_bytes", in_use, "bytes", "lower", floats_counted_at="16-bit",
                      measured="after evaluation")]
-    if engine.device == "cuda":
+    if device == "cuda":
         out.append(Metric.of("peak_memory_bytes", torch.cuda.max_memory_allocated(), "bytes", "lower",
                              kind="cuda max_memory_allocated"))
     else:

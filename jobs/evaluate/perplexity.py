@@ -37,45 +37,17 @@ def scored_windows(token_ids: list[int], context: int, stride: int, bos: int | N
             break
 
 
-def window_nlls(model, token_ids: list[int], context: int, stride: int, bos: int | None,
-                device: str) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, scored tokens) per window under a transformers `model`."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for window, new in scored_windows(token_ids, context, stride, bos):
-            x = torch.tensor([window], device=device)
-            logits = model(x).logits[0, :-1].float()
-            targets = x[0, 1:]
-            logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-            out.append((-logprobs[-new:].sum().item(), new))
-    return out
-
-
-def window_nlls_vllm(base_url: str, token_ids: list[int], context: int, stride: int,
-                     bos: int | None) -> list[tuple[float, int]]:
-    """The same windows scored by the cell's vLLM server: `prompt_logprobs=0` returns each prompt
-    token's own log-prob (from the raw logits), all windows in one request."""
-    from jobs.serving.openai_batch import prompt_logprobs
-
+def window_nlls(engine, token_ids: list[int], context: int, stride: int, bos: int | None) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, scored tokens) per window, from the engine's own-token log-probs
+    (`prompt_logprobs`: all windows in one call)."""
     windows = list(scored_windows(token_ids, context, stride, bos))
-    per_window = prompt_logprobs(base_url, [w for w, _ in windows])
+    per_window = engine.prompt_logprobs([w for w, _ in windows])
     return [(-sum(per_pos[len(window) - new:]), new) for (window, new), per_pos in zip(windows, per_window)]
 
 
 def _pooled(nlls: list[tuple[float, int]]) -> tuple[float, int]:
     nll, scored = sum(n for n, _ in nlls), sum(k for _, k in nlls)
     return math.exp(nll / scored), scored
-
-
-def perplexity(model, token_ids: list[int], context: int, stride: int, bos: int | None, device: str) -> tuple[float, int]:
-    """(perplexity, number of scored tokens) of `token_ids` under a transformers `model`."""
-    return _pooled(window_nlls(model, token_ids, context, stride, bos, device))
-
-
-def perplexity_vllm(base_url: str, token_ids: list[int], context: int, stride: int, bos: int | None) -> tuple[float, int]:
-    return _pooled(window_nlls_vllm(base_url, token_ids, context, stride, bos))
 
 
 def perplexity_stderr(nlls: list[tuple[float, int]]) -> float:
@@ -107,10 +79,7 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
 
     ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
     bos = engine.tokenizer.bos_token_id
-    if engine.name == "vllm":
-        nlls = window_nlls_vllm(engine.handle.url, ids, settings["context"], settings["stride"], bos)
-    else:
-        nlls = window_nlls(engine.model, ids, settings["context"], settings["stride"], bos, engine.device)
+    nlls = window_nlls(engine, ids, settings["context"], settings["stride"], bos)
     ppl, scored = _pooled(nlls)
     common = dict(convention(settings, bos), tokens=scored)
     metrics = [Metric.of("perplexity", ppl, "ppl", "lower", **common)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.evaluate import Evaluation, Metric
+from jobs.evaluate.generate import encode
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,35 +45,13 @@ def read_prompts(path: str, limit: int | None = None) -> list[tuple[str, str]]:
     return rows[:limit] if limit is not None else rows
 
 
-def _generate_hf(engine, prompt: str, max_new_tokens: int) -> tuple[str, int]:
-    import torch
-
-    enc = engine.tokenizer(prompt, return_tensors="pt").to(engine.device)
-    pad = engine.tokenizer.pad_token_id
-    with torch.inference_mode():
-        out = engine.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=engine.tokenizer.eos_token_id if pad is None else pad)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
-    return engine.tokenizer.decode(new, skip_special_tokens=True), len(new)
-
-
-def _generate_vllm(engine, prompt: str, max_new_tokens: int) -> tuple[str, int]:
-    # the cell's `vllm serve`, given the same token ids the hf path generates from
-    from jobs.serving.openai_batch import complete
-
-    ids = engine.tokenizer(prompt)["input_ids"]
-    out, = complete(engine.handle.url, {"prompt": ids, "max_tokens": max_new_tokens, "temperature": 0.0,
-                                        "return_token_ids": True})
-    return out["text"], len(out["token_ids"])
-
-
-_GENERATE = {"hf": _generate_hf, "vllm": _generate_vllm}
+def _generate(engine, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    # token ids, so every engine generates from exactly the same tokens
+    out, = engine.generate_text([encode(engine, prompt)], max_new_tokens, batch_size=1)
+    return out.text, out.tokens
 
 
 def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
-    if engine.name not in _GENERATE:
-        raise KeyError(f"prompts: no generation for engine {engine.name!r}. Available: {', '.join(_GENERATE)}")
-    generate = _GENERATE[engine.name]
     max_new = int(settings.get("max_new_tokens") or 64)
     prompts = read_prompts(settings["path"], settings.get("limit"))
     # the content hash, not just the path, says whether two cells read the same prompts
@@ -84,7 +63,7 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     rows, total = [], 0.0
     for prompt_id, prompt in prompts:
         start = time.perf_counter()
-        text, n = generate(engine, prompt, max_new)
+        text, n = _generate(engine, prompt, max_new)
         seconds = time.perf_counter() - start
         total += seconds
         rows.append({"prompt_id": prompt_id, "prompt": prompt, "output": text, "output_tokens": n,

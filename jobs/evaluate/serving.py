@@ -9,7 +9,6 @@ from typing import Any
 
 from jobs.evaluate import Evaluation, Metric
 from jobs.evaluate.perplexity import corpus_token_ids
-from jobs.serving import serve, server_batching
 from jobs.serving.loadgen import LevelRun, LoadLevel, corpus_prompts, run_levels
 from jobs.serving.stats import summarize
 
@@ -41,10 +40,10 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
     def count_tokens(s: str) -> int:
         return len(tok(s, add_special_tokens=False)["input_ids"])
 
-    with serve(engine, settings) as base_url:
-        runs = run_levels(base_url, prompts, int(cfg["output_tokens"]), levels, count_tokens, SEED, WARMUP)
+    with engine.serve(settings) as server:
+        runs = run_levels(server.url, prompts, int(cfg["output_tokens"]), levels, count_tokens, SEED, WARMUP)
 
-    batching = server_batching(engine.name)
+    batching = server.batching
     metrics, rows = [], []
     for run in runs:
         # the percentiles' sample size is part of the claim: every request asked for was sent and recorded

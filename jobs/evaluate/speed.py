@@ -28,35 +28,6 @@ from jobs.stages import report
 from matrix.estimate import KV_BYTES, Shape
 
 
-def _hf_generate(engine) -> Callable[[list[list[int]], int], None]:
-    import torch
-
-    model = engine.model
-
-    def run(prompts: list[list[int]], new_tokens: int) -> None:
-        x = torch.tensor(prompts, device=engine.device)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        with torch.inference_mode():
-            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.eos_token_id)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-    return run
-
-
-def _vllm_generate(engine) -> Callable[[list[list[int]], int], None]:
-    # the cell's `vllm serve` (its one engine): all prompts in one request, as LLM.generate batches them
-    from jobs.serving.openai_batch import generate
-
-    def run(prompts: list[list[int]], new_tokens: int) -> None:
-        generate(engine.handle.url, prompts, new_tokens)
-    return run
-
-
-_GENERATORS = {"hf": _hf_generate, "vllm": _vllm_generate}
-
-
 def _timed(fn: Callable[[], None]) -> float:
     start = time.perf_counter()
     fn()
@@ -90,7 +61,7 @@ def _mbu(engine, tpot_s: float, context: float) -> list[Metric]:
     if gpu is None or not engine.weight_bytes_at_load:
         return []
     shape = Shape.from_config(read_config(engine.base_path, engine.base_revision))
-    kv = shape.kv_bytes_per_token(KV_BYTES.get(engine.info.get("kv_cache_dtype", "auto"), 2)) * context if shape else 0
+    kv = shape.kv_bytes_per_token(KV_BYTES.get(engine.kv_cache_dtype, 2)) * context if shape else 0
     step_bytes = engine.weight_bytes_at_load + kv
     return [Metric.of("mbu", step_bytes / tpot_s / (gpu.bandwidth_gbps * 1e9), "fraction", "higher",
                       gpu=gpu.name, peak_bandwidth_gbps=gpu.bandwidth_gbps, weight_bytes=engine.weight_bytes_at_load,
@@ -117,8 +88,12 @@ def _spread(common: dict[str, Any], *figures: tuple[str, str, list[float]]) -> l
 
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     n_prompt, n_new, repeats = settings["prompt_tokens"], settings["new_tokens"], settings["repeats"]
-    generate = _GENERATORS[engine.name](engine)
-    warm, *fresh = _distinct_prompts(engine.tokenizer, n_prompt, 1 + 2 * repeats)   # a new prompt per run
+    generate = engine.generate      # exactly n_new greedy tokens per prompt, EOS ignored
+    batch = settings.get("batch_prompts") or 0
+    # every prompt sent is a window no other one shares: a server's prefix cache (vLLM's is on by default)
+    # must not serve a timed prefill (re-sent windows read 1.6x: benchmarks/results/h200-2026-12-02)
+    windows = _distinct_prompts(engine.tokenizer, n_prompt, 1 + 2 * repeats + (8 + batch if batch else 0))
+    (warm, *fresh), batch_warm, prompts = windows[:1 + 2 * repeats], windows[1 + 2 * repeats:][:8], windows[9 + 2 * repeats:]
     generate([warm], 2)
     meter = _EnergyMeter() if engine.device == "cuda" else None
     ttft, full, joules = [], [], []
@@ -144,10 +119,8 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     if joules:
         out.append(Metric.of("energy_j_per_token", statistics.median(joules) / n_new, "J/token", "lower",
                              source="nvml total energy, whole board", **common))
-    batch = settings.get("batch_prompts") or 0
     if batch:
-        prompts = _distinct_prompts(engine.tokenizer, n_prompt, batch)
-        generate(prompts[:8], 2)      # warm the batched path
+        generate(batch_warm, 2)      # warm the batched path
         seconds = _timed(lambda: generate(prompts, n_new))
         out.append(Metric.of("throughput_output_tokens_per_s", batch * n_new / seconds, "tok/s", "higher",
                              **{**common, "batch": batch, "repeats": 1}))     # one timed generate

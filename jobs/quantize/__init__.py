@@ -17,17 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from matrix import Cell
-
-# name -> module that defines BACKEND; one source of truth, imported lazily.
-_MODULES = {
-    "none": "jobs.quantize.baseline",
-    "bitsandbytes": "jobs.quantize.bitsandbytes",
-    "llmcompressor": "jobs.quantize.llmcompressor",
-    "gptqmodel": "jobs.quantize.gptqmodel",
-    "autogptq": "jobs.quantize.autogptq",
-    "autoawq": "jobs.quantize.autoawq",
-    "prequantized": "jobs.quantize.prequantized",
-}
+# name -> the module that defines BACKEND (and the methods it implements): one row per backend there
+from matrix.backends import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,6 @@ class Backend:
     resolve: Callable[[Cell], dict[str, Any]] | None = None
     requires: tuple[str, ...] = ()                # import names; a missing one skips the backend's cells
     check: Callable[[], str | None] | None = None  # deeper check (e.g. it installs but fails to import)
-    methods: tuple[str, ...] = ()                 # methods it implements (empty: any the method table allows)
     hint: str = ""                                # appended to a skip reason: what to use instead
 
     @property
@@ -59,7 +49,7 @@ class Backend:
 
 
 def backend_names() -> list[str]:
-    return list(_MODULES)
+    return list(BACKENDS)
 
 
 @functools.cache
@@ -68,8 +58,8 @@ def unavailable_reason(name: str) -> str | None:
 
     Cheap where it can be: `find_spec` for each required library; a backend's own `check`
     (a guarded real import) runs only when its library is installed."""
-    if name not in _MODULES:
-        return f"backend {name!r} is not implemented in this version; available: {', '.join(sorted(_MODULES))}"
+    if name not in BACKENDS:
+        return f"backend {name!r} is not implemented in this version; available: {', '.join(sorted(BACKENDS))}"
     backend = get_backend(name)
     missing = [m for m in backend.requires if importlib.util.find_spec(m) is None]
     if missing:
@@ -79,9 +69,9 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _MODULES:
-        raise KeyError(f"Unknown quantization backend {name!r}. Available: {', '.join(_MODULES)}")
-    return importlib.import_module(_MODULES[name]).BACKEND
+    if name not in BACKENDS:
+        raise KeyError(f"Unknown quantization backend {name!r}. Available: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name].code).BACKEND
 
 
 def guarded_import(module: str, why_dead: str) -> str | None:

@@ -33,12 +33,12 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
     texts = [tok.decode(s) for s in calibration.samples]
     model.quantize(tok, quant_config=config, calib_data=texts, n_samples=len(texts),
                    max_calib_seq_len=calibration.record["seq_len"],
-                   modules_to_not_convert=[m for m in opts.get("ignore", ["lm_head"]) if m != "lm_head"] or None)
+                   modules_to_not_convert=[m for m in opts["ignore"] if m != "lm_head"] or None)
     model.save_quantized(str(out))
     tok.save_pretrained(out)
     return {"scheme": f"AWQ W{cell.bits}A16 group {cell.group_size} GEMM", "notes": []}
 
 
-BACKEND = Backend(name="autoawq", format="awq", quantize=_quantize, methods=("awq",),
+BACKEND = Backend(name="autoawq", format="awq", quantize=_quantize,
                   libraries=("autoawq", "transformers", "torch"), requires=("awq",),
                   hint=_DEAD, check=lambda: guarded_import("awq", _DEAD))

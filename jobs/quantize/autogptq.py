@@ -26,10 +26,10 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
     if cell.method != "gptq" or calibration is None:
         raise ValueError(f"the autogptq backend implements calibrated gptq, not {cell.method}")
     opts = resolved_options(cell.method, cell.options)
-    actorder = opts.get("actorder")
+    actorder = opts["actorder"]
     config = BaseQuantizeConfig(bits=cell.bits, group_size=cell.group_size or -1, sym=bool(opts["symmetric"]),
                                 desc_act=actorder in ("group", "static"), static_groups=actorder == "static",
-                                damp_percent=float(opts.get("dampening_frac", 0.01)))
+                                damp_percent=float(opts["dampening_frac"]))
     model = AutoGPTQForCausalLM.from_pretrained(base, config, trust_remote_code=cell.trust_remote_code)
     examples = [{"input_ids": torch.tensor([s]), "attention_mask": torch.ones(1, len(s), dtype=torch.long)}
                 for s in calibration.samples]
@@ -40,6 +40,6 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
     return {"scheme": f"GPTQ W{cell.bits}A16 group {cell.group_size}, actorder {actorder}", "notes": []}
 
 
-BACKEND = Backend(name="autogptq", format="gptq", quantize=_quantize, methods=("gptq",),
+BACKEND = Backend(name="autogptq", format="gptq", quantize=_quantize,
                   libraries=("auto-gptq", "transformers", "torch"), requires=("auto_gptq",),
                   hint=_DEAD, check=lambda: guarded_import("auto_gptq", _DEAD))

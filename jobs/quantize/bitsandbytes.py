@@ -10,25 +10,29 @@ from typing import Any
 
 from jobs.quantize import Backend
 from matrix import Cell
+from matrix.methods import cell_keep_patterns, resolved_options
 
 
 def _load_kwargs(cell: Cell, dtype: Any) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
-    opts = dict(cell.options)
-    skip = opts.get("skip_modules")
+    opts = resolved_options(cell.method, cell.options)     # defaults (threshold 6.0, ...) from the method table
+    # names and presets resolved; transformers matches each entry as a regex (no `re:` prefix). The layer
+    # count is not known here: a last:N preset raises, naming itself (first:N needs no count)
+    patterns = cell_keep_patterns(cell.method, cell.options, None)
+    skip = None if patterns is None else [p.removeprefix("re:") for p in patterns]
     if cell.method == "int8":
-        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(opts.get("llm_int8_threshold", 6.0)),
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(opts["llm_int8_threshold"]),
                                     llm_int8_skip_modules=skip)
     else:
         compute = getattr(torch, opts["compute_dtype"]) if "compute_dtype" in opts else dtype
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cell.method,
-                                    bnb_4bit_use_double_quant=bool(opts.get("double_quant", False)),
+                                    bnb_4bit_use_double_quant=bool(opts["double_quant"]),
                                     bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
     return {"quantization_config": config}
 
 
 BACKEND = Backend(name="bitsandbytes", format="bitsandbytes (quantized at load)",
                   libraries=("bitsandbytes", "transformers", "torch"), load_kwargs=_load_kwargs,
-                  requires=("bitsandbytes",), methods=("nf4", "fp4", "int8"))
+                  requires=("bitsandbytes",))

@@ -11,11 +11,15 @@ from typing import Any
 
 from jobs.corpora import resolve_corpus
 from jobs.quantize import Calibration
+from matrix.spec import calibration_defaults
 
 
 def build_calibration(tokenizer, settings: dict[str, Any]) -> Calibration:
+    """The samples of one calibration combination (a cell's `calibration`: corpus, samples, seq_len; a field
+    left out is CalibrationSpec's default)."""
+    settings = {**calibration_defaults(), **settings}
     corpus = resolve_corpus(settings["corpus"])
-    wanted, seq_len = int(settings.get("samples", 16)), int(settings.get("seq_len", 256))
+    wanted, seq_len = int(settings["samples"]), int(settings["seq_len"])
     docs = corpus.load()
     ids = tokenizer("\n\n".join(docs), add_special_tokens=False)["input_ids"]
     samples = tuple(tuple(ids[i:i + seq_len]) for i in range(0, min(len(ids), wanted * seq_len), seq_len))

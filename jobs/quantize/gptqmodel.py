@@ -15,6 +15,7 @@ set here (to 2 unless the environment says otherwise) before the import, and rec
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 
 from jobs.quantize import Backend, Calibration
 from matrix import Cell
-from matrix.methods import resolved_options
+from matrix.methods import DEFAULT_GROUP_SIZE, keep_patterns, layer_count, resolved_options
 
 _ACTORDER: dict[str | None, dict[str, bool]] = {
     None: {"desc_act": False, "act_group_aware": False},
@@ -44,24 +45,25 @@ def _skip_rules(ignore: list[str]) -> dict[str, dict]:
     return rules
 
 
-def quantize_config(cell: Cell):
+def quantize_config(cell: Cell, layers: int | None = None):
+    """GPTQModel's config for `cell`; `layers` (the model's decoder layers) resolves first:N / last:N presets."""
     from gptqmodel import QuantizeConfig
 
     opts = resolved_options(cell.method, cell.options)
-    ignore = list(opts.get("ignore", ["lm_head"]))
-    return QuantizeConfig(bits=cell.bits, group_size=cell.group_size if cell.group_size is not None else 128,
-                          sym=bool(opts["symmetric"]), damp_percent=float(opts.get("dampening_frac", 0.01)),
+    ignore = list(keep_patterns(opts["ignore"], layers))
+    return QuantizeConfig(bits=cell.bits, group_size=cell.group_size if cell.group_size is not None else DEFAULT_GROUP_SIZE,
+                          sym=bool(opts["symmetric"]), damp_percent=float(opts["dampening_frac"]),
                           lm_head="lm_head" not in ignore, dynamic=_skip_rules(ignore) or None,
                           # keep finished layers in memory: offloading each to disk and back costs
                           # seconds per layer, and the engine must hold the whole model anyway
                           offload_to_disk=False,
-                          **_ACTORDER[opts.get("actorder")])
+                          **_ACTORDER[opts["actorder"]])
 
 
 def _kernel_load_kwargs(cell: Cell, dtype) -> dict[str, Any]:
     """`from_pretrained` kwargs that pick GPTQModel's kernel for a GPTQ checkpoint (option `kernel`):
     transformers merges a passed GPTQConfig's `backend` into the checkpoint's own config."""
-    kernel = dict(cell.options).get("kernel", "auto")
+    kernel = resolved_options(cell.method, cell.options)["kernel"]
     if kernel == "auto":
         return {}
     from transformers import GPTQConfig
@@ -83,17 +85,18 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
     from gptqmodel import GPTQModel
 
     on_gpu = torch.cuda.is_available()
-    model = GPTQModel.load(base, quantize_config(cell), device="cuda" if on_gpu else "cpu",
+    layers = layer_count(json.loads((Path(base) / "config.json").read_text()))
+    model = GPTQModel.load(base, quantize_config(cell, layers), device="cuda" if on_gpu else "cpu",
                            trust_remote_code=cell.trust_remote_code)
     rows = [{"input_ids": list(s), "attention_mask": [1] * len(s)} for s in calibration.samples]
     model.quantize(rows, batch_size=1)
     model.save(str(out))
-    return {"scheme": f"GPTQ W{cell.bits}A16 group {cell.group_size}, actorder {dict(cell.options).get('actorder')}",
+    return {"scheme": f"GPTQ W{cell.bits}A16 group {cell.group_size}, actorder {resolved_options(cell.method, cell.options)['actorder']}",
             "device": "cuda" if on_gpu else "cpu", "notes": notes,
             "gptqmodel_cpu_workers": os.environ.get("GPTQMODEL_CPU_WORKERS")}
 
 
-BACKEND = Backend(name="gptqmodel", format="gptq", quantize=_quantize, methods=("gptq",), load_kwargs=_kernel_load_kwargs,
+BACKEND = Backend(name="gptqmodel", format="gptq", quantize=_quantize, load_kwargs=_kernel_load_kwargs,
                   libraries=("gptqmodel", "optimum", "transformers", "torch"),
                   # transformers loads GPTQ checkpoints through optimum's GPTQQuantizer + gptqmodel kernels
                   requires=("gptqmodel", "optimum"))

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from jobs.quantize import Backend, Calibration
 from jobs.stages import report
 from matrix import Cell
-from matrix.methods import resolved_options
+from matrix.methods import keep_patterns, layer_count, resolved_options
 
 
 def _weights(cell: Cell, symmetric: bool, actorder: str | None = None):
@@ -42,10 +42,10 @@ def _gptq(cell: Cell, opts: dict[str, Any]) -> tuple[list, str]:
     from llmcompressor.modifiers.quantization import GPTQModifier
 
     symmetric = bool(opts["symmetric"])
-    scheme = QuantizationScheme(targets=["Linear"], weights=_weights(cell, symmetric, opts.get("actorder")))
-    recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=list(opts.get("ignore", ["lm_head"])),
-                          dampening_frac=float(opts.get("dampening_frac", 0.01)))
-    return [recipe], f"GPTQ {_scheme_name(cell, symmetric)}, actorder {opts.get('actorder')}"
+    scheme = QuantizationScheme(targets=["Linear"], weights=_weights(cell, symmetric, opts["actorder"]))
+    recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=opts["ignore"],
+                          dampening_frac=float(opts["dampening_frac"]))
+    return [recipe], f"GPTQ {_scheme_name(cell, symmetric)}, actorder {opts['actorder']}"
 
 
 def _awq(cell: Cell, opts: dict[str, Any]) -> tuple[list, str]:
@@ -57,14 +57,14 @@ def _awq(cell: Cell, opts: dict[str, Any]) -> tuple[list, str]:
     scheme = QuantizationScheme(targets=["Linear"], weights=_weights(cell, symmetric))
     # AWQ only scales channels; the QuantizationModifier after it writes the quantized weights
     recipe = [AWQModifier(), QuantizationModifier(config_groups={"group_0": scheme},
-                                                  ignore=list(opts.get("ignore", ["lm_head"])))]
+                                                  ignore=opts["ignore"])]
     return recipe, f"AWQ {_scheme_name(cell, symmetric)}"
 
 
 def _fp8(cell: Cell, opts: dict[str, Any]) -> tuple[list, str]:
     from llmcompressor.modifiers.quantization import QuantizationModifier
 
-    recipe = QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=list(opts.get("ignore", ["lm_head"])))
+    recipe = QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=opts["ignore"])
     return [recipe], "FP8_DYNAMIC (W8A8 fp8 e4m3, per-channel weights, dynamic per-token activations)"
 
 
@@ -137,7 +137,10 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
                                                  device_map="cuda" if on_gpu else None,
                                                  trust_remote_code=cell.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(base)
-    recipe, scheme = build(cell, resolved_options(cell.method, cell.options))
+    opts = resolved_options(cell.method, cell.options)
+    # presets (lm_head+down_proj, last:N) resolved for this model: names and re: patterns, as llm-compressor matches
+    opts["ignore"] = list(keep_patterns(opts["ignore"], layer_count(model.config.to_dict())))
+    recipe, scheme = build(cell, opts)
     notes: list[str] = []
     kwargs: dict[str, Any] = {}
     if calibrated:
@@ -160,4 +163,4 @@ def _quantize(cell: Cell, base: str, out: Path, calibration: Calibration | None)
 
 BACKEND = Backend(name="llmcompressor", format="compressed-tensors",
                   libraries=("llmcompressor", "compressed-tensors", "transformers", "torch"), quantize=_quantize,
-                  requires=("llmcompressor", "compressed_tensors"), methods=tuple(_RECIPES))
+                  requires=("llmcompressor", "compressed_tensors"))

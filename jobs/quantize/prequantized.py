@@ -57,5 +57,4 @@ def _resolve(cell: Cell) -> dict[str, Any]:
 
 
 BACKEND = Backend(name="prequantized", format="as published (read from the checkpoint)", resolve=_resolve,
-                  methods=("prequantized",), libraries=("transformers", "compressed-tensors", "gptqmodel", "optimum",
-                                                        "bitsandbytes", "torch"))
+                  libraries=("transformers", "compressed-tensors", "gptqmodel", "optimum", "bitsandbytes", "torch"))

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from jobs.serving import ServerHandle
+
 BATCHING = "none"
 SERVED_MODEL_NAME = "quantmatrix-cell"
 
@@ -202,7 +204,8 @@ def _app(engine, jobs: "queue.Queue[_Job | None]", tokens_per_chunk: int):
 
 @contextlib.contextmanager
 def serve(engine, settings: dict[str, Any]):
-    """Run the server in background threads for the duration of the block; yields its base URL."""
+    """Run the server for `engine` (an HfEngine: `HfEngine.serve`) in background threads for the duration
+    of the block; yields its `ServerHandle`."""
     from aiohttp import web
 
     jobs: "queue.Queue[_Job | None]" = queue.Queue()
@@ -234,7 +237,7 @@ def serve(engine, settings: dict[str, Any]):
     try:
         if failure:
             raise RuntimeError(f"hf server failed to start: {failure[0]}") from failure[0]
-        yield f"http://127.0.0.1:{port[0]}"
+        yield ServerHandle(f"http://127.0.0.1:{port[0]}", BATCHING)
     finally:
         jobs.put(None)
         with contextlib.suppress(RuntimeError):     # the loop is already closed if start-up failed

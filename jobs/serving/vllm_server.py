@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from jobs.serving import ServerHandle
+
 BATCHING = "continuous"     # vLLM's own scheduler
 START_TIMEOUT_S = 900      # a first start on a fresh machine compiles kernels for minutes
 SERVED_MODEL_NAME = "cell"
@@ -167,6 +169,6 @@ def start(args: dict[str, Any]) -> VllmServer:
 
 
 @contextlib.contextmanager
-def serve(engine, settings: dict[str, Any]) -> Iterator[str]:
-    """The cell's running server (its engine): nothing is started or stopped here."""
-    yield engine.handle.url
+def serve(server: VllmServer, settings: dict[str, Any]) -> Iterator[ServerHandle]:
+    """The cell's running server (its engine, `VllmEngine.serve`): nothing is started or stopped here."""
+    yield ServerHandle(server.url, BATCHING)
