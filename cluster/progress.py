@@ -98,15 +98,6 @@ def stages_to(box, task: str) -> Iterator[None]:
             ray.get(box.put.remote(StageEvent(task, "", "", where, time.time())), timeout=10)
 
 
-def with_stages(fn, task_prefix: str, key):
-    """`fn(cell)` as `wrapped(cell, box)`: its stages reported under task f"{task_prefix}:{key(cell)}"."""
-    def wrapped(cell, box=None):
-        with stages_to(box, f"{task_prefix}:{key(cell)}"):
-            return fn(cell)
-    wrapped.__name__ = wrapped.__qualname__ = getattr(fn, "__name__", "quantize")
-    return wrapped
-
-
 class SweepTracker:
     """The driver's side: scheduling steps and drained stage events as `SweepEvent`s for `on_progress`,
     each with the sweep's counts (`counts()` -> (done, total)) and the estimated work done so far."""

@@ -1,8 +1,8 @@
 """The engine and KV-cache capability tables: each fact about an engine declared once.
 
 The spec's literals, include/exclude, the validity rules, memory estimates, placement and the
-worker pool all read these rows; `jobs.engines` holds the code that loads each engine (a test
-checks that both name the same engines).
+worker pool all read these rows, and `jobs.engines.load_engine` imports the row's module: a new
+engine is that module plus one row here.
 """
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ class EngineInfo:
     full_distribution: bool                # gives the whole next-token distribution in-process (KL, lm-eval need it)
     refused_backends: tuple[tuple[str, str], ...] = ()   # (backend, why it does not run here)
     in_process_weights: bool = False       # its model's layers are modules in this process (layer_sensitivity)
+    module: str = ""                       # the module whose load(cell, manifest) builds it; empty: jobs.engines.<name>
+
+    @property
+    def code(self) -> str:
+        return self.module or f"jobs.engines.{self.name}"
 
 
 ENGINES: dict[str, EngineInfo] = {

@@ -96,7 +96,7 @@ def _packed_int(bits: int, group: int | None, symmetric: bool, g_idx: bool) -> C
 
 
 def _gptq(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
-    return _packed_int(cell.bits, cell.group_size, bool(opts["symmetric"]), opts.get("actorder") == "group")
+    return _packed_int(cell.bits, cell.group_size, bool(opts["symmetric"]), opts["actorder"] == "group")
 
 
 def _awq(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
@@ -111,7 +111,7 @@ def _published(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
 def _bnb4(cell: Cell, opts: dict[str, Any]) -> Callable[[int, int], float]:
     # 4-bit codes; an fp32 absmax per 64-element block, or with double quant an 8-bit absmax
     # plus an fp32 scale per 256 absmax values
-    per_block = (1 + 4 / 256) if opts.get("double_quant", False) else 4
+    per_block = (1 + 4 / 256) if opts["double_quant"] else 4
     return lambda out, in_: out * in_ / 2 + out * in_ / 64 * per_block
 
 

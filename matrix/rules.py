@@ -11,7 +11,7 @@ from typing import Any, Callable
 from matrix.adapters import ADAPTER_MODES
 from matrix.cells import Cell
 from matrix.engines import ENGINES
-from matrix.methods import METHODS, cell_keep_patterns, layer_count
+from matrix.methods import METHODS, cell_keep_patterns, keep_terms, layer_count
 
 ModelConfig = dict[str, Any]
 
@@ -102,6 +102,14 @@ def _kept_layers_exist(cell: Cell, config: ModelConfig) -> str | None:
     return None
 
 
+def _autoawq_keeps_names(cell: Cell, _: ModelConfig) -> str | None:
+    # AutoAWQ skips a linear whose name inside its decoder block contains an entry: a layer preset, a
+    # regex or a dotted path would match nothing, and those layers would be quantized without a word
+    value = dict(cell.options).get("ignore") if cell.backend == "autoawq" else None
+    bad = [t for t in keep_terms(value) if ":" in t or "." in t] if value is not None else []
+    return f"option ignore: backend autoawq keeps modules by plain name only (down_proj), not {bad[0]}" if bad else None
+
+
 def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:
     if cell.method == "prequantized" and (cell.gguf_file or cell.model.endswith(".gguf")):
         return "a GGUF model is de-quantized to 16-bit at load; a prequantized checkpoint is a separate model"
@@ -132,6 +140,7 @@ RULES: tuple[Rule, ...] = (
     Rule("bitsandbytes-on-hf", _bitsandbytes_on_hf),
     Rule("kernel-on-hf", _kernel_on_hf),
     Rule("kept-layers-exist", _kept_layers_exist),
+    Rule("autoawq-keeps-names", _autoawq_keeps_names),
     Rule("adapter-mode-engine", _adapter_mode_on_engine),
     Rule("adapter-prequantized", _adapter_on_16bit_base),
 )

@@ -423,6 +423,20 @@ class EvaluationSpec(_Strict):
     layer_sensitivity: LayerSensitivitySpec | None = None
 
 
+def evaluator_settings(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """One evaluator's settings with every default filled in from its model above (declared once there),
+    so evaluators read `settings[x]` and never restate a default; an unknown key is a ValueError."""
+    field = EvaluationSpec.model_fields.get(name)
+    if field is None:           # an evaluator the spec does not configure (memory)
+        return dict(given)
+    model = next(t for t in getattr(field.annotation, "__args__", (field.annotation,))
+                 if isinstance(t, type) and issubclass(t, BaseModel))
+    try:
+        return model.model_validate(given).model_dump()
+    except ValidationError as err:
+        raise ValueError(_format_errors(err, f"evaluation.{name}")) from None
+
+
 class RuntimeEnvSpec(_Strict):
     """A Ray runtime environment for one stage: an existing interpreter, or packages to install."""
     py_executable: str | None = None

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from jobs.engines import _MODULES, Engine
+from jobs.engines import Engine
 from matrix.engines import ENGINES
 
 from conftest import ROOT, baseline_engine
@@ -24,8 +24,8 @@ OPERATIONS = sorted(Engine.__abstractmethods__)
 def _engine_classes() -> dict[str, type]:
     """engine name -> the Engine subclass its module defines (one each)."""
     out = {}
-    for name, module in _MODULES.items():
-        classes = [c for c in vars(importlib.import_module(module)).values()
+    for name, row in ENGINES.items():
+        classes = [c for c in vars(importlib.import_module(row.code)).values()
                    if inspect.isclass(c) and issubclass(c, Engine) and c is not Engine]
         assert len(classes) == 1, (name, classes)
         out[name] = classes[0]

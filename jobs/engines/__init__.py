@@ -1,5 +1,5 @@
-"""Serving engines: a registry of modules, each exposing `load(cell, manifest) -> Engine`
-(the interface in jobs.engines.base)."""
+"""Serving engines: one module per row of matrix.engines.ENGINES, each exposing
+`load(cell, manifest) -> Engine` (the interface in jobs.engines.base)."""
 from __future__ import annotations
 
 import importlib
@@ -8,14 +8,12 @@ from typing import Any
 from jobs.engines.base import Engine, EngineInfo, Generation  # noqa: F401  (the interface, re-exported)
 from matrix.engines import ENGINES
 
-_MODULES = {"hf": "jobs.engines.hf", "vllm": "jobs.engines.vllm"}     # the code; its capabilities: matrix.engines
-
 
 def engine_reusable(name: str) -> bool:
     return ENGINES[name].reusable
 
 
 def load_engine(cell, manifest: dict[str, Any]) -> Engine:
-    if cell.engine not in _MODULES:
-        raise KeyError(f"Unknown engine {cell.engine!r}. Available: {', '.join(_MODULES)}")
-    return importlib.import_module(_MODULES[cell.engine]).load(cell, manifest)
+    if cell.engine not in ENGINES:
+        raise KeyError(f"Unknown engine {cell.engine!r}. Available: {', '.join(ENGINES)}")
+    return importlib.import_module(ENGINES[cell.engine].code).load(cell, manifest)

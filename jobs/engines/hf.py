@@ -17,6 +17,25 @@ from jobs.quantize import get_backend
 from jobs.tokenizer_check import verify as verify_tokenizer
 
 
+def window_logprobs(model, window: Sequence[int], new: int, device: str):
+    """fp32 log-probs [new, vocab] of the last `new` next-token predictions of `window`: the one formula
+    the cell's log-probs and KL's reference (the base, loaded beside it) are both computed with."""
+    import torch
+    with torch.inference_mode():
+        x = torch.tensor([list(window)], device=device)
+        return torch.log_softmax(model(x).logits[0, :-1][-new:].float(), dim=-1)
+
+
+def load_base_model(engine):
+    """The cell's unquantized base, loaded as the cell's own engine computes (its dtype and device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(engine.base_path, revision=engine.base_revision,
+                                                 dtype=getattr(torch, engine.compute_dtype),
+                                                 device_map=engine.device if engine.device != "cpu" else None)
+    return model.eval()
+
+
 @dataclass(eq=False)
 class HfEngine(Engine):
     """A transformers model in this process: every operation is a forward or `generate` on it."""
@@ -29,9 +48,7 @@ class HfEngine(Engine):
         return torch.tensor(rows, device=self.device)
 
     def next_token_logprobs(self, window: Sequence[int], new: int):
-        import torch
-        with torch.inference_mode():
-            return torch.log_softmax(self.model(self._tensor([list(window)])).logits[0, :-1][-new:].float(), dim=-1)
+        return window_logprobs(self.model, window, new, self.device)
 
     def prompt_logprobs(self, windows: Sequence[Sequence[int]]) -> list[list[float | None]]:
         import torch
@@ -63,6 +80,8 @@ class HfEngine(Engine):
         tok, stop, prompts = self.tokenizer, tuple(stop), [list(p) for p in prompts]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
         out: dict[int, Generation] = {}
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
@@ -74,8 +93,11 @@ class HfEngine(Engine):
                 gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, pad_token_id=pad, **extra)
             for row, i in zip(gen[:, width:].tolist(), batch):
+                n = len(row)
                 while row and row[-1] == pad:       # a finished row is padded to the batch's longest
                     row.pop()
+                if len(row) < n and pad in eos:     # it stopped on an EOS that is also the pad: count it, as vLLM does
+                    row.append(pad)
                 out[i] = Generation(cut_at_stop(tok.decode(row, skip_special_tokens=True), stop), len(row))
         return [out[i] for i in range(len(prompts))]
 

@@ -17,11 +17,12 @@ from jobs.artifacts import dir_bytes
 from jobs.engines.base import BATCH_SIZE, Engine, EngineInfo, Generation, cut_at_stop, free_memory
 from jobs.models import read_config, reference_source
 from matrix.engines import ENGINES
+from matrix.spec import KLSpec
 
 # engine arguments every cell shares (`vllm serve` flags; `vllm bench` in cluster/gpu/run.sh uses the same)
 GPU_MEMORY_UTILIZATION = 0.85
 MAX_MODEL_LEN = 4096
-MAX_LOGPROBS = 64                       # the KL evaluator's default top-k
+MAX_LOGPROBS = KLSpec.model_fields["top_k"].default    # the KL evaluator's default top-k
 
 
 def engine_args(cell, path: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import field
 from typing import Any
 
 from matrix.results import TABLE_SCHEMAS, Metric  # noqa: F401  (the results contract, re-exported)
+from matrix.spec import evaluator_settings
 
 _MODULES = {
     "perplexity": "jobs.evaluate.perplexity",
@@ -39,5 +40,6 @@ class Evaluation:
 def run_evaluator(name: str, engine, settings: dict[str, Any] | None) -> Evaluation:
     if name not in _MODULES:
         raise KeyError(f"Unknown evaluator {name!r}. Available: {', '.join(_MODULES)}")
-    out = importlib.import_module(_MODULES[name]).evaluate(engine, settings or {})
+    settings = evaluator_settings(name, settings or {})      # the spec's defaults, filled in once
+    out = importlib.import_module(_MODULES[name]).evaluate(engine, settings)
     return out if isinstance(out, Evaluation) else Evaluation(list(out))

@@ -45,7 +45,6 @@ from jobs.evaluate.perplexity import corpus_token_ids, scored_windows
 from jobs.filelock import file_lock
 from jobs.models import cache_root
 
-DEFAULT_TOP_K = 64
 _CACHE_FORMAT = 2   # bump when the cached tensors' meaning changes (2: + target_logprob)
 
 
@@ -62,13 +61,6 @@ def _cache_path(engine, ids: list[int], settings: dict[str, Any], top_k: int) ->
     return cache_root() / "baseline-logprobs" / f"{digest}.pt"
 
 
-def _window_logprobs(model, window: list[int], new: int, device: str):
-    """fp32 log-probs [new, vocab] of the last `new` next-token predictions of `window`."""
-    import torch
-    x = torch.tensor([window], device=device)
-    return torch.log_softmax(model(x).logits[0, :-1][-new:].float(), dim=-1)
-
-
 def _rest_logmass(logprobs, idx):
     """log of the probability mass outside `idx` per row, computed without cancellation."""
     return logprobs.scatter(1, idx, float("-inf")).logsumexp(dim=-1)
@@ -76,7 +68,7 @@ def _rest_logmass(logprobs, idx):
 
 def _reference(logprobs_of: Callable, ids: list[int], settings: dict[str, Any], bos: int | None, top_k: int):
     """`logprobs_of(window, new)`: the reference's fp32 log-probs [new, vocab] (an engine's
-    `next_token_logprobs`, or `_window_logprobs` of the loaded base)."""
+    `next_token_logprobs`, or `window_logprobs` of the loaded base)."""
     import torch
     tops, idxs, rests, targets = [], [], [], []
     with torch.inference_mode():
@@ -97,15 +89,6 @@ def _target_logprobs(logprobs, window: list[int], new: int):
     return logprobs.gather(1, torch.tensor(window[-new:], device=logprobs.device)[:, None])[:, 0]
 
 
-def _load_base(engine):
-    import torch
-    from transformers import AutoModelForCausalLM
-    dtype = getattr(torch, engine.compute_dtype)
-    model = AutoModelForCausalLM.from_pretrained(engine.base_path, revision=engine.base_revision, dtype=dtype,
-                                                 device_map=engine.device if engine.device != "cpu" else None)
-    return model.eval()
-
-
 def baseline_reference(engine, ids: list[int], settings: dict[str, Any], top_k: int) -> dict[str, Any]:
     """The base model's top-k log-probs on the scored tokens: from the cache, or computed once."""
     import torch
@@ -117,9 +100,10 @@ def baseline_reference(engine, ids: list[int], settings: dict[str, Any], top_k: 
                 if engine.is_base:       # the baseline cell's own model is the reference: no second copy in memory
                     ref = _reference(engine.next_token_logprobs, ids, settings, bos, top_k)
                 else:
-                    model = _load_base(engine)
+                    from jobs.engines.hf import load_base_model, window_logprobs
+                    model = load_base_model(engine)
                     try:
-                        ref = _reference(lambda window, new: _window_logprobs(model, window, new, engine.device),
+                        ref = _reference(lambda window, new: window_logprobs(model, window, new, engine.device),
                                          ids, settings, bos, top_k)
                     finally:
                         del model
@@ -170,7 +154,7 @@ def evaluate(engine, settings: dict[str, Any]) -> list[Metric] | Evaluation:
                                      "cell's full next-token distribution (hf engine)",))
     if engine.base_path is None:
         raise ValueError(f"engine {engine.name!r} does not name its base model; KL needs it")
-    top_k = settings.get("top_k", DEFAULT_TOP_K)
+    top_k = settings["top_k"]
     ids = corpus_token_ids(engine.tokenizer, settings["corpus"], settings.get("max_tokens"))
     ref = baseline_reference(engine, ids, settings, top_k)
     kl, agree, q_target = kl_against_reference(engine, ids, settings, engine.tokenizer.bos_token_id, ref)

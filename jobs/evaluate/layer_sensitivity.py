@@ -36,15 +36,6 @@ _PEFT_PREFIX = "base_model.model."      # an unmerged adapter wraps the cell's m
 FORMULA = "||cell(x) - base(x)||_F / ||base(x)||_F per layer over all tokens; x: the base's input to that layer"
 
 
-def _load_base(engine):
-    import torch
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(engine.base_path, revision=engine.base_revision,
-                                                 dtype=getattr(torch, engine.compute_dtype),
-                                                 device_map=engine.device if engine.device != "cpu" else None)
-    return model.eval()
-
-
 def _windows(ids: list[int], context: int, bos: int | None) -> list[list[int]]:
     prefix = [bos] if bos is not None else []
     return [prefix + ids[i:i + context] for i in range(0, len(ids), context)]
@@ -139,7 +130,8 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
         # forward, and until then they hold no `weight` for their own forward to use
         engine.model(torch.tensor([windows[0][:8]], device=engine.device))
     cell = _cell_modules(engine.model)
-    base = engine.model if engine.is_base else _load_base(engine)
+    from jobs.engines.hf import load_base_model
+    base = engine.model if engine.is_base else load_base_model(engine)
     try:
         errors, missing = layer_errors(base, cell, windows, engine.device)
         linears = {n: m for n, m in base.named_modules() if n in errors}

@@ -52,7 +52,7 @@ def _generate(engine, prompt: str, max_new_tokens: int) -> tuple[str, int]:
 
 
 def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
-    max_new = int(settings.get("max_new_tokens") or 64)
+    max_new = int(settings["max_new_tokens"])
     prompts = read_prompts(settings["path"], settings.get("limit"))
     # the content hash, not just the path, says whether two cells read the same prompts
     digest = hashlib.sha256(_locate(settings["path"]).read_bytes()).hexdigest()[:16]

@@ -89,11 +89,12 @@ def _spread(common: dict[str, Any], *figures: tuple[str, str, list[float]]) -> l
 def evaluate(engine, settings: dict[str, Any]) -> list[Metric]:
     n_prompt, n_new, repeats = settings["prompt_tokens"], settings["new_tokens"], settings["repeats"]
     generate = engine.generate      # exactly n_new greedy tokens per prompt, EOS ignored
-    batch = settings.get("batch_prompts") or 0
+    batch = settings["batch_prompts"]
     # every prompt sent is a window no other one shares: a server's prefix cache (vLLM's is on by default)
     # must not serve a timed prefill (re-sent windows read 1.6x: benchmarks/results/h200-2026-12-02)
-    windows = _distinct_prompts(engine.tokenizer, n_prompt, 1 + 2 * repeats + (8 + batch if batch else 0))
-    (warm, *fresh), batch_warm, prompts = windows[:1 + 2 * repeats], windows[1 + 2 * repeats:][:8], windows[9 + 2 * repeats:]
+    single, batch_warm = 1 + 2 * repeats, min(8, batch)
+    windows = _distinct_prompts(engine.tokenizer, n_prompt, single + batch_warm + batch)
+    (warm, *fresh), batch_warm, prompts = windows[:single], windows[single:single + batch_warm], windows[single + batch_warm:]
     generate([warm], 2)
     meter = _EnergyMeter() if engine.device == "cuda" else None
     ttft, full, joules = [], [], []

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.models import read_config
 from jobs.quantize import Backend
 from matrix import Cell
-from matrix.methods import cell_keep_patterns, resolved_options
+from matrix.methods import cell_keep_patterns, layer_count, resolved_options
 
 
 def _load_kwargs(cell: Cell, dtype: Any) -> dict[str, Any]:
@@ -18,9 +19,11 @@ def _load_kwargs(cell: Cell, dtype: Any) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     opts = resolved_options(cell.method, cell.options)     # defaults (threshold 6.0, ...) from the method table
-    # names and presets resolved; transformers matches each entry as a regex (no `re:` prefix). The layer
-    # count is not known here: a last:N preset raises, naming itself (first:N needs no count)
-    patterns = cell_keep_patterns(cell.method, cell.options, None)
+    # names and presets resolved; transformers matches each entry as a regex (no `re:` prefix). A first:N /
+    # last:N preset resolves against the model's decoder layers (its config.json, read only then)
+    layers = layer_count(read_config(cell.model, cell.revision, cell.gguf_file)) \
+        if dict(cell.options).get("skip_modules") is not None else None
+    patterns = cell_keep_patterns(cell.method, cell.options, layers)
     skip = None if patterns is None else [p.removeprefix("re:") for p in patterns]
     if cell.method == "int8":
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(opts["llm_int8_threshold"]),
