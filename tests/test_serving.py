@@ -243,10 +243,10 @@ async def _stream_text(base_url: str, prompt, n: int) -> tuple[str, list]:
 
 @pytest.mark.parametrize("tokens_per_chunk", [1, 3])
 def test_hf_server_streams_the_direct_greedy_generation(tiny, tokens_per_chunk):
-    from jobs.serving import serve
 
     ids = tiny.tokenizer("The history of the city begins", add_special_tokens=False)["input_ids"]
-    with serve(tiny, {"tokens_per_chunk": tokens_per_chunk}) as url:
+    with tiny.serve({"tokens_per_chunk": tokens_per_chunk}) as server:
+        url = server.url
         text, chunks = asyncio.run(_stream_text(url, ids, 10))
     assert text == _direct_greedy(tiny, ids, 10)
     assert [c.completion_tokens for c in chunks] == list(range(tokens_per_chunk, 10, tokens_per_chunk)) + [10]
@@ -254,13 +254,13 @@ def test_hf_server_streams_the_direct_greedy_generation(tiny, tokens_per_chunk):
 
 def test_hf_server_rejects_what_it_cannot_serve(tiny):
     import aiohttp
-    from jobs.serving import serve
 
     async def post(url, body):
         async with aiohttp.ClientSession() as session, session.post(f"{url}/v1/completions", json=body) as r:
             return r.status, await r.json()
 
-    with serve(tiny, {}) as url:
+    with tiny.serve({}) as server:
+        url = server.url
         assert asyncio.run(post(url, {"prompt": [], "max_tokens": 2}))[0] == 400
         status, body = asyncio.run(post(url, {"prompt": "Hi", "max_tokens": 2, "temperature": 0.7}))
         assert status == 400 and "greedily" in body["error"]["message"]
@@ -297,11 +297,11 @@ def test_serving_evaluator_levels_percentiles_and_queueing(tiny):
 
 def test_smollm2_server_matches_generate_and_serves_a_small_load(smol):
     from jobs.evaluate import run_evaluator
-    from jobs.serving import serve
 
     text_prompt = "The three primary colors are"
     ids = smol.tokenizer(text_prompt)["input_ids"]
-    with serve(smol, {}) as url:
+    with smol.serve({}) as server:
+        url = server.url
         streamed, _ = asyncio.run(_stream_text(url, text_prompt, 8))
     assert streamed == _direct_greedy(smol, ids, 8) and streamed.strip()
     # a small load: the 50-request percentiles are the tiny model's test; this one is about real weights

@@ -100,6 +100,8 @@ class VllmEngine(Engine):
         return prompt_logprobs(self.server.url, windows)
 
     def next_token_logprobs(self, window: Sequence[int], new: int):
+        # refused by design: evaluators that need it (KL) read `full_distribution` from the capability
+        # table first and note the skip; only a direct call reaches this
         raise NotImplementedError("the vllm engine returns only its own top-k log-probs per position, not the "
                                   "full next-token distribution (matrix.engines: full_distribution)")
 
@@ -127,6 +129,7 @@ class VllmEngine(Engine):
         return vllm_memory(self.info)
 
     def lm_eval_model(self, batch_size: int):
+        # refused by design, as above: lm_eval checks `full_distribution` and notes "use the hf engine"
         raise NotImplementedError("lm-eval's vllm backend builds its own LLM: a second copy beside this cell's "
                                   "server (matrix.engines: full_distribution)")
 

@@ -7,9 +7,7 @@ for vLLM. Server modules are imported lazily: vLLM is heavy and absent on CPU ho
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -18,9 +16,3 @@ class ServerHandle:
     batching: str     # how it schedules concurrent requests ("none": one at a time; "continuous": vLLM's
     #                   scheduler), recorded with every number it serves
 
-
-@contextlib.contextmanager
-def serve(engine, settings: dict) -> Iterator[str]:
-    """The engine's server for the block's duration, yielding its base URL."""
-    with engine.serve(settings) as server:
-        yield server.url
