@@ -7,13 +7,16 @@
 #   bash cluster/gpu/run.sh SECONDS     the GPU sweep for at most SECONDS (SPEC=... picks another spec
 #                                       than h200-smollm2.yaml; SIGINT at the limit: finished cells are
 #                                       kept, a rerun resumes)
-#   bash cluster/gpu/run.sh bench       vLLM's own `vllm bench throughput` on the bf16 model, in the
-#                                       config of the sweep's throughput metric (256 x 128 in / 128 out)
+#   bash cluster/gpu/run.sh bench       vLLM's own `vllm bench throughput` on the bf16 model (BENCH_MODEL=...:
+#                                       another than SmolLM2), in the config of the sweep's throughput metric
+#                                       (256 x 128 in / 128 out)
 #   bash cluster/gpu/run.sh compare     quantmatrix's served client and `vllm bench serve` on one `vllm serve`
-#                                       (cluster/gpu/served_compare.py), then `bench`
+#                                       (cluster/gpu/served_compare.py; COMPARE_ARGS=... its options), then
+#                                       `bench` (COMPARE_ONLY=1: not)
 #   bash cluster/gpu/run.sh llama7b     the 7B-shape random Llama of h200-llama7b.yaml (make_llama7b.py)
 #   bash cluster/gpu/run.sh models      the builtin models converted from their GGUF files once per machine,
-#                                       in parallel (so no cell's wall time carries a conversion)
+#                                       in parallel (so no cell's wall time carries a conversion); with
+#                                       LLAMA7B=DIR the 7B of `llama7b` too
 #   bash cluster/gpu/run.sh tests       the GPU-marked tests, each file in the environment it needs
 #                                       (tests-quantize / tests-serve: one of the two; TESTS_K=... a -k)
 # Every mode installs the wheel sets first (once per machine): the stage folders of
@@ -64,9 +67,9 @@ eval "$(PYTHONPATH=$REPO python3 -c "from jobs.serving.vllm_server import node_c
 for k, v in node_cache_env().items(): print(f'export {k}={v}')")"
 case ${1:-} in
   bench)
-    # the builtin model's folder, materialized from its GGUF if no earlier run did it
-    model=$(PYTHONPATH=$SITE_P:$REPO python3 -c \
-      "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
+    # BENCH_MODEL (default the SmolLM2 builtin), materialized from its GGUF if no earlier run did it
+    model=$(PYTHONPATH=$SITE_P:$REPO python3 -c "import sys; from jobs.models import materialize
+print(materialize(sys.argv[1], None, None))" "${BENCH_MODEL:-builtin:smollm2-135m-instruct}" | tail -1)
     # the sweep's engine arguments (jobs/engines/vllm.py) and its warm-up of 8 prompts
     PYTHONPATH=$SITE_V:$SITE_P timeout "${BENCH_TIMEOUT:-150}" python3 -m vllm.entrypoints.cli.main bench throughput \
       --model "$model" --dataset-name random --random-input-len 128 --random-output-len 128 --num-prompts 256 \
@@ -80,13 +83,15 @@ case ${1:-} in
     model=$(PYTHONPATH=$SITE_P:$REPO python3 -c \
       "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
     PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${COMPARE_TIMEOUT:-400}" python3 cluster/gpu/served_compare.py \
-      "$model" "$OUT/compare" 2>&1 | tee "$OUT/served_compare.log" | grep -E "^\||vllm serve up"
-    exec bash "$0" bench
+      "$model" "$OUT/compare" ${COMPARE_ARGS:-} 2>&1 | tee "$OUT/served_compare.log" | grep -E "^\||vllm serve up"
+    [ -n "${COMPARE_ONLY:-}" ] || exec bash "$0" bench
     ;;
   llama7b)
     PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py /tmp/models/llama7b
     ;;
   models)
+    # LLAMA7B=DIR: the 7B-shape random Llama written there meanwhile (make_llama7b.py, GPU + disk)
+    [ -z "${LLAMA7B:-}" ] || PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py "$LLAMA7B" &
     for m in ${MODELS:-builtin:smollm2-135m-instruct builtin:gemma3-270m}; do
       PYTHONPATH=$SITE_P:$REPO python3 -c "import sys, time; t = time.perf_counter()
 from jobs.models import materialize; print(sys.argv[1], materialize(sys.argv[1], None, None), f'{time.perf_counter() - t:.1f} s')" "$m" &

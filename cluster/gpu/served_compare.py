@@ -1,16 +1,23 @@
 """quantmatrix's served and throughput clients beside vLLM's own, on ONE `vllm serve`, in rounds.
 
     python3 cluster/gpu/served_compare.py MODEL_DIR OUT_DIR [--concurrency 1 32] [--requests 50 200] [--rounds 3]
+        [--clients bench qmx qmx-text] [--throughput-rounds N]
 
 Starts the server exactly as a sweep's vLLM cell does (jobs.engines.vllm.engine_args, the node's
 caches), but outside Ray. Then, on that one server:
 
 Served latency, closed loop, 128-token prompts, 64 output tokens, EOS ignored, greedy; `--rounds`
-rounds, each running both clients back to back at every level, so the server's drift between runs
-(23 % between two `vllm bench serve` runs minutes apart on 2026-12-01) shows as a spread that both
-clients share instead of as a client difference:
-  bench   `vllm bench serve` (random token prompts, final usage only, 1 warm-up request)
-  qmx     quantmatrix's load generator as the sweep runs it (corpus prompts, usage with every chunk)
+rounds, each running every client back to back at every level (in an order rotated per round), so the
+server's drift between runs (23 % between two `vllm bench serve` runs minutes apart on 2026-12-01)
+shows as a spread that the clients share instead of as a client difference. No prompt is sent twice
+(vLLM's prefix cache would serve its prefill): the quantmatrix clients take fresh corpus windows per
+run, `vllm bench serve` a fresh seed per round.
+  bench     `vllm bench serve` (random token prompts sent as text, final usage only, 1 warm-up request)
+  qmx       quantmatrix's load generator as the sweep runs it (corpus windows as token ids, usage with
+            every chunk)
+  qmx-text  the same load generator with vLLM's client's payload: the same kind of corpus windows
+            decoded to text (only windows that re-encode to exactly 128 tokens), which the server
+            tokenizes, and final usage only: what is left between it and `bench` is the client itself
 
 Throughput, 256 prompts x 128 tokens in and out, EOS ignored (the sweep's `batch_prompts` metric):
   qmx-batch           the sweep's request: 256 corpus token-id prompts in one completions request, greedy
@@ -19,6 +26,7 @@ Throughput, 256 prompts x 128 tokens in and out, EOS ignored (the sweep's `batch
   bench-serve-256     `vllm bench serve` at --max-concurrency 256 with 256 random prompts (vLLM's client,
                       the same server, the same batch)
 `vllm bench throughput` (offline LLM.generate, its own engine) runs after this script (run.sh compare).
+`--throughput-rounds 0` leaves the throughput part out.
 
 Prints tables with the median and range over rounds and writes compare.json (and vLLM's result files).
 """
@@ -39,18 +47,19 @@ sys.path.insert(0, str(ROOT))
 
 PROMPT, OUTPUT = 128, 64
 BATCH, BATCH_NEW = 256, 128
+CLIENTS = ("bench", "qmx", "qmx-text")
 FIGURES = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "req_s", "tok_s")
 
 
 def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path, name: str,
-           prompt: int = PROMPT, output: int = OUTPUT) -> dict:
+           prompt: int = PROMPT, output: int = OUTPUT, seed: int = 0) -> dict:
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
            "--base-url", url, "--endpoint", "/v1/completions", "--model", "cell", "--tokenizer", model_dir,
            "--dataset-name", "random", "--random-input-len", str(prompt), "--random-output-len", str(output),
            "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--request-rate", "inf",
            "--ignore-eos", "--temperature", "0", "--num-warmups", "1", "--percentile-metrics", "ttft,tpot,itl,e2el",
            "--metric-percentiles", "50,95,99", "--disable-tqdm", "--save-result", "--result-dir", str(out),
-           "--result-filename", f"{name}.json", "--seed", "0"]
+           "--result-filename", f"{name}.json", "--seed", str(seed)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     r = json.loads((out / f"{name}.json").read_text())
     return {"ttft_p50": r["median_ttft_ms"], "ttft_p99": r["p99_ttft_ms"], "tpot_p50": r["median_tpot_ms"],
@@ -58,16 +67,46 @@ def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path,
             "duration_s": r["duration"]}
 
 
-def _qmx(url: str, tokenizer, concurrency: int, requests: int) -> dict:
-    from jobs.evaluate.perplexity import corpus_token_ids
-    from jobs.serving.loadgen import LoadLevel, corpus_prompts, run_levels
+class Windows:
+    """Corpus windows of PROMPT tokens, each handed out once (so no prefill is served from vLLM's prefix
+    cache): as token ids, or decoded to text when the text re-encodes to exactly the same count."""
+
+    def __init__(self, tokenizer, corpora: tuple[str, ...] = ("evals-wikipedia", "evals-openwebtext", "evals-c4")):
+        from jobs.evaluate.perplexity import corpus_token_ids
+        from jobs.serving.loadgen import corpus_prompts
+        self.tokenizer = tokenizer
+        self.pool = []
+        for corpus in corpora:
+            ids = corpus_token_ids(tokenizer, corpus, None)
+            self.pool += corpus_prompts(ids, PROMPT, len(ids) // PROMPT)
+        self.next = 0
+
+    def take(self, count: int, text: bool) -> list:
+        out = []
+        while len(out) < count:
+            if self.next == len(self.pool):
+                raise RuntimeError(f"all {len(self.pool)} distinct windows were sent: fewer rounds or requests")
+            window = self.pool[self.next]
+            self.next += 1
+            if not text:
+                out.append(window)
+            elif len(self.tokenizer(s := self.tokenizer.decode(window), add_special_tokens=False)["input_ids"]) == PROMPT:
+                out.append(s)
+        return out
+
+
+def _qmx(url: str, windows: Windows, concurrency: int, requests: int, text: bool) -> dict:
+    from jobs.serving.loadgen import LoadLevel, run_levels
     from jobs.serving.stats import summarize
 
-    prompts = corpus_prompts(corpus_token_ids(tokenizer, "evals-wikipedia", None), PROMPT, 1 + requests)
+    tokenizer = windows.tokenizer
+    prompts = windows.take(1 + requests, text)
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])   # noqa: E731
-    (run,) = run_levels(url, prompts, OUTPUT, [LoadLevel(concurrency, requests)], count, 0, 1, True)
+    # text prompts with final usage only: vLLM's client's payload (the sweep asks for usage per chunk)
+    (run,) = run_levels(url, prompts, OUTPUT, [LoadLevel(concurrency, requests)], count, 0, 1, not text)
     s = {k: v for k, (v, _) in summarize(run.samples, run.duration_s, 1e9, 1e9).items()}
     assert s["requests_failed"] == 0, [x.error for x in run.samples if not x.ok][:3]
+    assert all(x.prompt_tokens == PROMPT for x in run.samples), {x.prompt_tokens for x in run.samples}
     return {"ttft_p50": s["ttft_ms_p50"], "ttft_p99": s["ttft_ms_p99"], "tpot_p50": s["tpot_ms_p50"],
             "tpot_p99": s["tpot_ms_p99"], "req_s": s["request_throughput"], "tok_s": s["output_tokens_per_s"],
             "duration_s": run.duration_s}
@@ -102,6 +141,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--requests", type=int, nargs="+", default=[50, 200])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=CLIENTS)
+    ap.add_argument("--throughput-rounds", type=int, default=None, help="default: --rounds")
     a = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -136,15 +177,25 @@ def main() -> None:
                      "wall_s": time.perf_counter() - t})
         print(json.dumps(rows[-1]), flush=True)
 
+    windows = Windows(tokenizer)
+    served = {
+        "bench": lambda r, c, n: _bench(server.url, a.model, c, n, out, f"bench-r{r}-c{c}", seed=r),
+        "qmx": lambda r, c, n: _qmx(server.url, windows, c, n, text=False),
+        "qmx-text": lambda r, c, n: _qmx(server.url, windows, c, n, text=True),
+    }
+    throughput_rounds = a.rounds if a.throughput_rounds is None else a.throughput_rounds
     try:
-        for r in range(1, a.rounds + 1):
-            for c, n in zip(a.concurrency, a.requests):
-                record("served", "bench", r, c, n, lambda: _bench(server.url, a.model, c, n, out, f"bench-r{r}-c{c}"))
-                record("served", "qmx", r, c, n, lambda: _qmx(server.url, tokenizer, c, n))
+        for r in range(1, max(a.rounds, throughput_rounds) + 1):
+            order = a.clients[(r - 1) % len(a.clients):] + a.clients[:(r - 1) % len(a.clients)]
+            for c, n in zip(a.concurrency, a.requests) if r <= a.rounds else ():
+                for client in order:
+                    record("served", client, r, c, n, lambda: served[client](r, c, n))
+            if r > throughput_rounds:
+                continue
             for name, (prompts, temperature) in batches.items():
                 record("throughput", name, r, BATCH, BATCH, lambda: _batch(server.url, prompts, temperature))
             record("throughput", "bench-serve-256", r, BATCH, BATCH,
-                   lambda: _bench(server.url, a.model, BATCH, BATCH, out, f"bench-r{r}-c{BATCH}", PROMPT, BATCH_NEW))
+                   lambda: _bench(server.url, a.model, BATCH, BATCH, out, f"bench-r{r}-c{BATCH}", PROMPT, BATCH_NEW, r))
     finally:
         server.close()
     (out / "compare.json").write_text(json.dumps({
@@ -155,11 +206,23 @@ def main() -> None:
     print("| client | conc | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | req/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for c in a.concurrency:
-        for client in ("bench", "qmx"):
+        for client in a.clients:
             mine = [x for x in rows if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c]
             if mine:
                 cells = " | ".join(_summary([x[f] for x in mine]) for f in FIGURES[:5])
                 print(f"| {client} | {c} | {cells} |")
+    print("\nPaired by round against `vllm bench serve` (client / bench - 1), median over rounds:")
+    for c in a.concurrency:
+        for client in [x for x in a.clients if x != "bench"] if "bench" in a.clients else ():
+            for figure in ("ttft_p50", "tpot_p50"):
+                ratios = [mine[figure] / theirs[figure] - 1 for r in range(1, a.rounds + 1)
+                          for mine in rows if mine["kind"] == "served" and mine["client"] == client
+                          and mine["round"] == r and mine["concurrency"] == c
+                          for theirs in rows if theirs["kind"] == "served" and theirs["client"] == "bench"
+                          and theirs["round"] == r and theirs["concurrency"] == c]
+                if ratios:
+                    per_round = " ".join(f"{x:+.1%}" for x in ratios)
+                    print(f"| {client} | {c} | {figure} | {statistics.median(ratios):+.1%} | {per_round} |")
     print(f"\nThroughput, {BATCH} prompts x {PROMPT} in / {BATCH_NEW} out, output tok/s, median (min–max):")
     for client in [*batches, "bench-serve-256"]:
         mine = [x["tok_s"] for x in rows if x["kind"] == "throughput" and x["client"] == client]
