@@ -94,3 +94,45 @@ def test_the_kept_gpu_store_draws_served_latency_and_mbu(tmp_path):
     doc = json.loads((tmp_path / "leaderboard.json").read_text())
     assert {r["concurrency"] for r in doc["serving"]} == {1, 16}
     assert doc["provenance"]["devices"] == ["NVIDIA H100 80GB HBM3"]
+
+
+def test_the_h200_store_shows_generation_and_long_context_in_every_format(tmp_path):
+    """GSM8K, JSON and long context measured on the H200 (vLLM, Gemma-3-270m): a table of their own in the
+    printed leaderboard, the page and the JSON, one column per window size and needle length, rows in the
+    leaderboard's order, each value the store's own."""
+    from analysis.catalog import connect
+
+    store = ROOT / "benchmarks/results/h200-2026-12-02-b"
+    con = connect(store)
+    where = "sweep = 'h200-gemma3-vllm'"
+    want = {(r[0], r[1], r[2]): r[3] for r in con.execute(
+        f"SELECT label, metric, json_extract_string(settings, coalesce('$.' || CASE metric WHEN "
+        f"'long_context_perplexity' THEN 'context' WHEN 'needle_accuracy' THEN 'length' END, '$.none')), value "
+        f"FROM results WHERE {where} AND metric IN ('gsm8k_exact_match', 'json_valid_fraction', "
+        f"'long_context_perplexity', 'needle_accuracy')").fetchall()}
+    ranked = [r[0] for r in con.execute(f"SELECT label FROM leaderboard WHERE {where}").fetchall()]
+    assert len(want) >= 3 * 7 and len(ranked) == 3
+
+    text = leaderboard_markdown(store, "h200-gemma3-vllm")
+    section = text[text.index("## Generation and long context"):text.index("## Served latency")]
+    lines = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:4] == ["cell", "engine", "GSM8K EM", "JSON valid"]
+    assert header[5:7] == ["ppl @2048 tok", "ppl @4094 tok"]
+    assert header[7:] == ["needle @1000 tok", "needle @2000 tok", "needle @4000 tok"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    assert [r[0] for r in rows] == ranked
+    for r in rows:
+        assert r[2].split(" ± ")[0] == f"{want[(r[0], 'gsm8k_exact_match', None)]:.2f}"
+        assert r[3] == f"{want[(r[0], 'json_valid_fraction', None)]:.2f}"
+        assert r[5] == f"{want[(r[0], 'long_context_perplexity', '2048')]:.2f}"
+        assert r[9] == f"{want[(r[0], 'needle_accuracy', '4000')]:.2f}"
+    assert "Needle (passkey): answer_tokens 8" in section     # what the figures were measured under
+
+    publish(store, tmp_path, sweep="h200-gemma3-vllm")
+    page = (tmp_path / "index.html").read_text()
+    gen = page[page.index('id="generative"'):page.index('id="serving"')]
+    assert html.escape("ppl @4094 tok") in gen and gen.count("<tr>") == 1 + len(ranked)
+    doc = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert [r["label"] for r in doc["generative"]["rows"]] == ranked
+    assert doc["generative"]["rows"][0]["needle @1000 tok"] == want[(ranked[0], "needle_accuracy", "1000")]

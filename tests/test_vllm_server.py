@@ -93,7 +93,6 @@ def test_close_stops_children_left_after_the_server_process_exited(tmp_path):
     still holds the GPU. close() stops the whole process group (real processes here)."""
     import signal
     import subprocess
-    import time
 
     from jobs.serving.vllm_server import VllmServer
 
@@ -103,13 +102,99 @@ def test_close_stops_children_left_after_the_server_process_exited(tmp_path):
     child = int(pid_file.read_text())
     os.kill(child, 0)                                   # alive, though its parent has exited
     VllmServer("http://127.0.0.1:1", proc, str(tmp_path / "log"), 0.0).close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+    if not _gone(child, 10):
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the server's child outlived close()")
+
+
+def _gone(pid: int, timeout_s: float = 15.0) -> bool:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_group_guard_passes_the_exit_status_and_ends_what_the_command_left(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from jobs.serving.vllm_server import GUARD
+
+    pid_file = tmp_path / "child"
+    done = subprocess.run([sys.executable, str(GUARD), "5", "bash", "-c", f"sleep 300 & echo $! > {pid_file}; exit 3"],
+                          start_new_session=True, timeout=30)
+    child = int(pid_file.read_text())
+    if not _gone(child, 5):
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the command's child outlived the guard")
+    assert done.returncode == 3
+
+
+_FAKE_SERVE = '''
+import http.server, multiprocessing, os, sys, time
+
+def engine_core(pid_file):             # vLLM's engine core: a spawned child holding the GPU
+    open(pid_file, "w").write(str(os.getpid()))
+    time.sleep(600)
+
+if __name__ == "__main__":
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    multiprocessing.get_context("spawn").Process(target=engine_core, args=(os.environ["CORE_PID_FILE"],)).start()
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+'''
+
+
+def test_a_killed_worker_takes_the_servers_engine_core_with_it(tmp_path):
+    """The failure of 2026-12-02: a sweep interrupted while a cell's server ran; the Ray worker died,
+    the API process got its parent-death signal, and the spawned engine core lived on with 124 GiB of
+    the GPU. Here a real worker process starts a server through `start` (a stand-in `vllm` package
+    whose server spawns a child as vLLM does) and is SIGKILLed: the child must go too."""
+    import signal
+    import subprocess
+    import sys
+
+    cli = tmp_path / "fake" / "vllm" / "entrypoints" / "cli"
+    cli.mkdir(parents=True)
+    for d in (cli, cli.parent, cli.parent.parent):
+        (d / "__init__.py").write_text("")
+    (cli / "main.py").write_text(_FAKE_SERVE)
+    core_pid = tmp_path / "core.pid"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), str(root)]),
+           "QMX_CACHE": str(tmp_path / "cache"), "CORE_PID_FILE": str(core_pid)}
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nfrom jobs.serving.vllm_server import start\n"
+                               "start({'model': 'm'})\nprint('up', flush=True)\ntime.sleep(600)"],
+                              env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "up"
+        assert _wait_for(core_pid)
+        core = int(core_pid.read_text())
+        os.kill(core, 0)
+    finally:
+        worker.kill()
+        worker.wait()
+    if not _gone(core):
+        os.kill(core, signal.SIGKILL)
+        raise AssertionError("the engine core outlived the worker that started its server")
+
+
+def _wait_for(path: Path, timeout_s: float = 30.0) -> bool:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return True
+        time.sleep(0.05)
+    return False

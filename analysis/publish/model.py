@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.catalog import connect
+from analysis.generative import GenerativeTable, generative_table
 from analysis.recommend import Gates, Recommendation, recommend
 
 FRONT_AXES = ("decode_tokens_per_s", "weight_bytes")     # the plots' x axes, each against perplexity
@@ -52,6 +53,7 @@ class PublishedResults:
     failed: tuple[FailedCell, ...]
     provenance: Provenance
     fronts: dict[str, frozenset[str]]            # x axis -> cell ids non-dominated on perplexity vs it
+    generative: GenerativeTable | None = None    # GSM8K, JSON, long context (analysis.generative), where measured
     gates: Gates | None = None                   # the team's gates, where given
     recommendations: tuple[Recommendation, ...] = ()     # one per sweep and model under the gates
 
@@ -144,5 +146,6 @@ def gather(results: str | Path, sweep: str | None = None, gates: Gates | None = 
         mbu=_mbu(con, where, params),
         skipped=_rows(con, f"SELECT * FROM skipped WHERE {where} ORDER BY model, label", params),
         failed=_failed(con, where, params), provenance=_provenance(con, where, params),
-        fronts=_fronts(con, sweep), gates=gates,
+        fronts=_fronts(con, sweep), generative=generative_table(con, where, params, [r["cell_id"] for r in rows]),
+        gates=gates,
         recommendations=tuple(recommend(con, gates, sweep)) if gates is not None else ())

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from analysis.leaderboard import DENSE, settings_line
+from analysis.generative import cell_text
+from analysis.leaderboard import DENSE, GENERATIVE_INTRO, generative_settings_lines, settings_line
 from analysis.markdown import fmt
 from analysis.publish import to_json
 from analysis.publish.model import PublishedResults
@@ -264,6 +265,13 @@ def render(m: PublishedResults) -> str:
     if m.serving:
         served = (f'<section id="serving"><h2>Served latency</h2><div class="scroll">'
                   f'{_table("serving-table", _serving_columns(m.serving_percentile), m.serving)}</div></section>')
+    generative = ""
+    if m.generative is not None and m.generative.rows:
+        columns = _DIMENSIONS + tuple(Column(c.title, c.title, lambda r, c=c: cell_text(r, c)) for c in m.generative.columns)
+        notes = "".join(f'<p class="note">{_e(line)}</p>' for line in generative_settings_lines(m.generative.settings))
+        generative = (f'<section id="generative"><h2>Generation and long context</h2><p class="note">'
+                      f'{_e(GENERATIVE_INTRO)}</p>{notes}<div class="scroll">'
+                      f'{_table("generative-table", columns, m.generative.rows)}</div></section>')
     return "".join([
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -276,7 +284,7 @@ def render(m: PublishedResults) -> str:
         _recommendation(m),
         (f'<section id="leaderboard"><h2>Leaderboard</h2>{_conventions(m)}<div class="scroll">'
          f'{_table("leaderboard-table", COLUMNS, m.rows, _marks(m))}</div></section>'),
-        _plots(m), served, _cells_not_ranked(m), _provenance(m),
+        _plots(m), generative, served, _cells_not_ranked(m), _provenance(m),
         f'<script type="application/json" id="qmx-data">{_script_json(to_json.document(m))}</script>',
         f"<script>{_JS}</script></main></body></html>\n",
     ])

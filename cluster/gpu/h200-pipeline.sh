@@ -32,7 +32,8 @@ step() {
   [ -f "/tmp/pipe/$name.done" ] && return 0
   local t0=$SECONDS
   mkdir -p "/tmp/pipe/$name"
-  echo "== $name $(date -u +%T)"
+  # GPU memory already in use when a step starts: a process left by an earlier step shows here
+  echo "== $name $(date -u +%T), GPU memory in use: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null)"
   OUT=/tmp/pipe/$name "$@" > "/tmp/pipe/$name/stdout.log" 2>&1
   local rc=$?
   echo "$name rc=$rc $((SECONDS - t0))s $(date -u +%T)" | tee -a /tmp/pipe/steps
@@ -51,7 +52,7 @@ run_step() {
     llama7b-hf) step llama7b-hf env SPEC=cluster/gpu/h200-llama7b-hf.yaml bash cluster/gpu/run.sh "${L7B_HF_S:-420}" ;;
     same-spec)  step same-spec env SPEC=cluster/gpu/h200-served-same-spec.yaml bash cluster/gpu/run.sh "${SAME_S:-420}" ;;
     compare)    step compare bash cluster/gpu/run.sh compare ;;
-    gemma-vllm) step gemma-vllm env SPEC=cluster/gpu/h200-gemma3-vllm.yaml bash cluster/gpu/run.sh "${GEMMA_V_S:-540}" ;;
+    gemma-vllm) step gemma-vllm env SPEC=cluster/gpu/h200-gemma3-vllm.yaml bash cluster/gpu/run.sh "${GEMMA_V_S:-720}" ;;
     gemma-hf)   step gemma-hf env SPEC=cluster/gpu/h200-gemma3-hf.yaml bash cluster/gpu/run.sh "${GEMMA_H_S:-300}" ;;
     smollm2)    step smollm2 env SPEC=cluster/gpu/h200-smollm2.yaml bash cluster/gpu/run.sh "${SMOLLM2_S:-720}" ;;
     hf)         step hf env SPEC=cluster/gpu/h200-smollm2-hf.yaml bash cluster/gpu/run.sh "${HF_S:-300}" ;;

@@ -26,7 +26,7 @@
 # Three environments, as users run them: the driver (Ray, DuckDB, the CLI), the quantize
 # stage (llm-compressor, compressed-tensors 0.19) and the serve stage (vLLM, compressed-tensors
 # 0.17). The spec's per-stage runtime_env gives each Ray worker its own PYTHONPATH.
-set -u
+set -u -o pipefail      # a mode's status is its command's, not that of the tee/grep it is piped through
 REPO=$(pwd)
 SITE_V=/tmp/site SITE_Q=/tmp/site-q SITE_P=/tmp/site-p SITE_G=/tmp/site-g
 OUT=${OUT:-/tmp/out}
@@ -63,7 +63,7 @@ install_gptqmodel() {
 
 install || { echo "install failed"; exit 1; }
 # vLLM's compile caches and FlashInfer's JIT kernels in the folder every cell's server uses on this node
-eval "$(PYTHONPATH=$REPO python3 -c "from jobs.serving.vllm_server import node_cache_env
+eval "$(PYTHONPATH=$SITE_P:$REPO python3 -c "from jobs.serving.vllm_server import node_cache_env
 for k, v in node_cache_env().items(): print(f'export {k}={v}')")"
 case ${1:-} in
   bench)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from jobs.engines.base import BATCH_SIZE, Engine, EngineInfo, Generation, cut_at_stop, free_memory
 from jobs.evaluate.memory import weight_bytes
-from jobs.adapters import apply_unmerged
+from jobs.adapters import adapter_weights, apply_unmerged
 from jobs.models import reference_source
 from jobs.quantize import get_backend
 from jobs.tokenizer_check import verify as verify_tokenizer
@@ -134,9 +134,10 @@ def load(cell, manifest: dict[str, Any]) -> HfEngine:
     model.eval()
     if kernels := linear_kernels(model):
         notes.append("linear kernels: " + ", ".join(f"{name} x{n}" for name, n in kernels.items()))
+    stored = weight_bytes(model)        # as loaded: before an unmerged adapter's load decompresses packed layers
     # adapter_mode unmerged: the LoRA adapter on top of the (quantized) base, through peft
     if (adapted := apply_unmerged(model, cell)) is not model:
-        model = adapted
+        model, stored = adapted, stored + weight_bytes(adapter_weights(adapted))
         notes.append(f"adapter {cell.adapter} applied unmerged at load (peft)")
     tok = AutoTokenizer.from_pretrained(manifest.path)
     base = reference_source(cell)       # the unquantized model: with an adapter, the merged one
@@ -145,7 +146,7 @@ def load(cell, manifest: dict[str, Any]) -> HfEngine:
                       max_positions=int(model.config.max_position_embeddings),
                       load_seconds=time.perf_counter() - start, notes=tuple(notes), base_path=base,
                       base_revision=cell.revision, is_base=manifest.path == base and not kwargs,
-                      weight_bytes_at_load=weight_bytes(model), libraries=("transformers", "torch"))
+                      weight_bytes_at_load=stored, libraries=("transformers", "torch"))
     return HfEngine(info, model, tok)
 
 

@@ -32,6 +32,8 @@ from jobs.serving import ServerHandle
 BATCHING = "continuous"     # vLLM's own scheduler
 START_TIMEOUT_S = 900      # a first start on a fresh machine compiles kernels for minutes
 SERVED_MODEL_NAME = "cell"
+GUARD = Path(__file__).with_name("group_guard.py")
+GUARD_GRACE_S = 30          # the server's own shutdown, before what is left is killed (close waits 60 s)
 
 # LLM(...) keyword -> `vllm serve` flag; booleans become bare flags
 _FLAGS = {"tokenizer": "--tokenizer", "dtype": "--dtype", "kv_cache_dtype": "--kv-cache-dtype",
@@ -88,8 +90,9 @@ def startup_facts(log: str) -> dict[str, float | int]:
 
 
 def _die_with_parent() -> None:
-    """In the server's process: get SIGTERM when the worker that started it dies (a killed Ray
-    actor runs no cleanup, and an orphaned server would keep most of the GPU's memory)."""
+    """In the server's guard: get SIGTERM when the worker that started it dies (a killed Ray actor runs
+    no cleanup, and an orphaned server would keep most of the GPU's memory); the guard then ends the
+    whole group (group_guard.py)."""
     import ctypes
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
@@ -153,8 +156,10 @@ def start(args: dict[str, Any]) -> VllmServer:
     log = tempfile.NamedTemporaryFile(prefix="vllm-serve-", suffix=".log", delete=False)
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", **node_cache_env()}
     began = time.perf_counter()
-    proc = subprocess.Popen(serve_command(args, port), stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True,
+    cmd = serve_command(args, port)
+    if sys.platform == "linux":     # the guard takes the engine core down with the server (group_guard.py)
+        cmd = [sys.executable, str(GUARD), str(GUARD_GRACE_S), *cmd]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = VllmServer(url, proc, log.name, 0.0)
     deadline = time.monotonic() + START_TIMEOUT_S
