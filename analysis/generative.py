@@ -4,7 +4,7 @@ JSON validity, long-context perplexity, passkey retrieval), one row per cell tha
 A figure measured under several settings (long-context perplexity at two window sizes, the needle at
 each prompt length) gets one column per setting, named after the setting that tells them apart.
 Units and directions stay the store's (each evaluator declares them once); this only says what a
-column is called and how it prints.
+column is called, how it prints, and under which settings each sweep and model measured it.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.markdown import fmt, table
+from analysis.markdown import fmt, settings_line, table
 
 
 @dataclass(frozen=True)
 class Figure:
-    name: str                  # in the line saying what it was measured under
+    name: str                  # in the line saying what it was measured under (split: the column titles)
     header: str                # its column; "{}" takes the value of `split_by`
     split_by: str | None       # the setting that makes one column per value
     spec: str                  # how the value prints
@@ -34,6 +34,14 @@ FIGURES = {
     "needle_accuracy": Figure("Needle (passkey)", "needle @{} tok", "length", ".2f"),
 }
 _STDERRS = {f.stderr: metric for metric, f in FIGURES.items() if f.stderr}
+# settings a row or column already says (engine, KV dtype) or that only describe the cell (its dtype,
+# its max positions): left out of the lines of what a figure was measured under
+_PER_CELL = ("engine", "kv_cache_dtype", "compute_dtype", "max_positions")
+
+INTRO = ("What log-likelihoods miss, from each cell's own greedy generations: GSM8K exact match ± its standard "
+         "error, the share of JSON answers that parse (valid) and that match the asked-for keys and types "
+         "(schema), perplexity of long windows ± its standard error where several were scored, and passkey "
+         "retrieval at growing prompt lengths; a KV column appears where the KV-cache dtype varies.")
 
 
 @dataclass(frozen=True)
@@ -46,20 +54,18 @@ class Column:
 class GenerativeTable:
     columns: tuple[Column, ...]              # figure columns, in FIGURES order then by setting value
     rows: tuple[dict[str, Any], ...]         # sweep, model, label, engine, kv_cache_dtype, cell_id, then
-    #                                          column -> value and "<column> ±" -> its standard error
-    settings: tuple[tuple[str, str], ...]    # (figure, settings JSON less what differs per cell or column),
-    #                                          distinct: what the figures were measured under
-
-
-# settings that differ per cell (its row says them) or per column (its title does)
-_PER_CELL = ("engine", "kv_cache_dtype", "compute_dtype", "max_positions")
+    #                                          column title -> value and "<title> ±" -> its standard error
+    settings: tuple[tuple[str, str, str, str], ...]   # (sweep, model, figure or column, settings JSON less
+    #                                                    _PER_CELL and the split setting), distinct
 
 
 def _column(metric: str, settings: dict[str, Any]) -> tuple[tuple[int, float], Column]:
     figure = FIGURES[metric]
     value = settings.get(figure.split_by) if figure.split_by else None
-    order = (list(FIGURES).index(metric), float(value) if isinstance(value, (int, float)) else 0.0)
-    return order, Column(figure.header.format(value) if figure.split_by else figure.header, figure.spec)
+    number = isinstance(value, (int, float))
+    order = (list(FIGURES).index(metric), float(value) if number else 0.0)
+    shown = f"{value:g}" if number else value
+    return order, Column(figure.header.format(shown) if figure.split_by else figure.header, figure.spec)
 
 
 def generative_table(con, where: str = "true", params: list | None = None,
@@ -69,10 +75,10 @@ def generative_table(con, where: str = "true", params: list | None = None,
     names = [*FIGURES, *_STDERRS]
     marks = ", ".join("?" for _ in names)
     found = con.sql(f"SELECT sweep, model, label, engine, kv_cache_dtype, cell_id, metric, value, settings "
-                    f"FROM results WHERE metric IN ({marks}) AND {where}",
+                    f"FROM results WHERE metric IN ({marks}) AND ({where})",
                     params=[*names, *(params or [])]).to_arrow_table().to_pylist()
     columns: dict[Column, tuple[int, float]] = {}
-    shared: dict[tuple[str, str], None] = {}
+    shared: dict[tuple[str, str, str, str], None] = {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in found:
         metric = _STDERRS.get(r["metric"], r["metric"])
@@ -82,16 +88,37 @@ def generative_table(con, where: str = "true", params: list | None = None,
             "sweep", "model", "label", "engine", "kv_cache_dtype", "cell_id")})
         if r["metric"] in _STDERRS:
             row[f"{column.title} ±"] = r["value"]
-        else:
-            columns[column] = rank
-            row[column.title] = r["value"]
-            figure = FIGURES[metric]
-            rest = {k: v for k, v in settings.items() if k not in (*_PER_CELL, figure.split_by)}
-            shared[(figure.name, json.dumps(rest, sort_keys=True))] = None
+            continue
+        columns[column] = rank
+        row[column.title] = r["value"]
+        figure = FIGURES[metric]
+        rest = {k: v for k, v in settings.items() if k not in (*_PER_CELL, figure.split_by)}
+        if rest:
+            shared[(r["sweep"], r["model"], column.title if figure.split_by else figure.name,
+                    json.dumps(rest, sort_keys=True))] = None
     position = {cell: i for i, cell in enumerate(order or [])}
     ordered = sorted(rows.values(), key=lambda r: (r["sweep"], r["model"], position.get(r["cell_id"], len(position)),
                                                    r["label"]))
     return GenerativeTable(tuple(sorted(columns, key=columns.get)), tuple(ordered), tuple(shared))
+
+
+def settings_lines(t: GenerativeTable, sweep: str, model: str) -> list[str]:
+    """What this sweep's figures of this model were measured under: one line per distinct convention,
+    naming every figure or column measured under it."""
+    names: dict[str, list[str]] = {}
+    for s, m, name, raw in t.settings:
+        if (s, m) == (sweep, model):
+            names.setdefault(raw, []).append(name)
+    return sorted(settings_line(", ".join(dict.fromkeys(n)), raw) for raw, n in names.items())
+
+
+def groups(t: GenerativeTable) -> list[tuple[str, str, list[dict[str, Any]], list[Column]]]:
+    """(sweep, model, its rows, the columns any of them has), in row order."""
+    out = []
+    for sweep, model in dict.fromkeys((r["sweep"], r["model"]) for r in t.rows):
+        mine = [r for r in t.rows if (r["sweep"], r["model"]) == (sweep, model)]
+        out.append((sweep, model, mine, [c for c in t.columns if any(r.get(c.title) is not None for r in mine)]))
+    return out
 
 
 def cell_text(row: dict[str, Any], column: Column) -> str:
@@ -100,14 +127,14 @@ def cell_text(row: dict[str, Any], column: Column) -> str:
 
 
 def render_markdown(t: GenerativeTable) -> str:
-    """One table per sweep and model, with a KV column where the KV-cache dtype varies (its damage shows here)."""
+    """One table per sweep and model, under the lines of what it was measured with; a KV column where the
+    KV-cache dtype varies (its damage shows here)."""
     out: list[str] = []
-    for sweep, model in dict.fromkeys((r["sweep"], r["model"]) for r in t.rows):
-        mine = [r for r in t.rows if (r["sweep"], r["model"]) == (sweep, model)]
+    for sweep, model, mine, shown in groups(t):
         kv = len({r["kv_cache_dtype"] for r in mine}) > 1
-        shown = [c for c in t.columns if any(r.get(c.title) is not None for r in mine)]
         header = ["cell", *(["KV"] if kv else []), "engine", *(c.title for c in shown)]
         body = [[r["label"], *([r["kv_cache_dtype"]] if kv else []), r["engine"],
                  *(cell_text(r, c) for c in shown)] for r in mine]
-        out += [f"### {model} (sweep {sweep})", "", *table(header, body, left=("cell", "KV", "engine")), ""]
+        out += [f"### {model} (sweep {sweep})", "", *settings_lines(t, sweep, model), "",
+                *table(header, body, left=("cell", "KV", "engine")), ""]
     return "\n".join(out).rstrip()

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 from analysis.catalog import check_sweep, connect
+from analysis.generative import INTRO as GENERATIVE_INTRO
 from analysis.generative import generative_table
 from analysis.generative import render_markdown as render_generative_markdown
-from analysis.markdown import fmt, fmt_bytes, table
+from analysis.markdown import fmt, fmt_bytes, settings_line, table
 
 DENSE = "†"
 FLAGGED = "⚠"
@@ -104,11 +105,6 @@ def _last_line(text: str | None) -> str:
     return text.strip().splitlines()[-1][:200] if text and text.strip() else "no error recorded"
 
 
-GENERATIVE_INTRO = ("What log-likelihoods miss, from the cell's own generations (greedy): GSM8K exact match ± its "
-                    "standard error, the share of JSON answers that parse and that match the asked-for keys and types, "
-                    "perplexity of long windows and passkey retrieval at growing prompt lengths (the KV-cache dtype "
-                    "shows here).")
-
 SERVING_COLUMNS = ("cell", "load", "TTFT p50 / p95 / p99 ms", "TPOT p50 / p95 / p99 ms", "req/s", "output tok/s",
                    "goodput req/s", "ok / failed")
 
@@ -145,20 +141,6 @@ def _serving_header(settings: list[str]) -> list[str]:
     return sorted(set(out))
 
 
-def settings_line(what: str, raw: str | None) -> str:
-    """`what: key value, key value` from a metric's settings JSON: the convention a figure was measured under."""
-    s = json.loads(raw) if raw else {}
-    return f"{what}: " + ", ".join(f"{k} {v}" for k, v in s.items())
-
-
-def generative_settings_lines(settings: tuple[tuple[str, str], ...]) -> list[str]:
-    """One line per distinct convention, naming every figure measured under it."""
-    names: dict[str, list[str]] = {}
-    for name, raw in settings:
-        names.setdefault(raw, []).append(name)
-    return sorted(settings_line(", ".join(dict.fromkeys(n)), raw) for raw, n in names.items())
-
-
 def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     con = connect(results)
     check_sweep(con, sweep)
@@ -190,9 +172,7 @@ def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     out += ["", render_markdown(rows, skipped, failed)]
     generative = generative_table(con, where.removeprefix("WHERE ") or "true", params, [r["cell_id"] for r in rows])
     if generative.rows:
-        out += ["", "## Generation and long context", "", GENERATIVE_INTRO,
-                *generative_settings_lines(generative.settings), "",
-                render_generative_markdown(generative)]
+        out += ["", "## Generation and long context", "", GENERATIVE_INTRO, "", render_generative_markdown(generative)]
     served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
     if served:
         out += ["", "## Served latency", "", *_serving_header([r["settings"] for r in served]), "",

@@ -1,6 +1,7 @@
 """Markdown table cells and figures, shared by every Markdown writer (leaderboard, compare, publish)."""
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 
@@ -26,3 +27,9 @@ def fmt_bytes(n) -> str:
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+def settings_line(what: str, raw: str | None) -> str:
+    """`what: key value, key value` from a metric's settings JSON: the convention a figure was measured under."""
+    s = json.loads(raw) if raw else {}
+    return f"{what}: " + ", ".join(f"{k} {v}" for k, v in s.items())

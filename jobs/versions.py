@@ -16,7 +16,9 @@ def project_version() -> str:
         version = "unknown"
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
-        return version       # an installed package: its version is all there is
+        # a `git archive` of the tree (the GPU kit runs one): git wrote the commit into jobs/COMMIT
+        stamped = (root / "jobs" / "COMMIT").read_text().strip() if (root / "jobs" / "COMMIT").is_file() else ""
+        return f"{version} (commit {stamped})" if stamped and not stamped.startswith("$Format") else version
     try:
         described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip()

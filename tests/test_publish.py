@@ -127,12 +127,15 @@ def test_the_h200_store_shows_generation_and_long_context_in_every_format(tmp_pa
         assert r[3] == f"{want[(r[0], 'json_valid_fraction', None)]:.2f}"
         assert r[5] == f"{want[(r[0], 'long_context_perplexity', '2048')]:.2f}"
         assert r[9] == f"{want[(r[0], 'needle_accuracy', '4000')]:.2f}"
-    assert "Needle (passkey): answer_tokens 8" in section     # what the figures were measured under
+    # what the figures were measured under, each window size's line naming its column
+    assert "needle @1000 tok, needle @2000 tok, needle @4000 tok: answer_tokens 8" in section
+    assert re.search(r"^ppl @2048 tok: basis 4x calibration seq_len, .*tokens 2048", section, re.M)
 
     publish(store, tmp_path, sweep="h200-gemma3-vllm")
     page = (tmp_path / "index.html").read_text()
     gen = page[page.index('id="generative"'):page.index('id="serving"')]
     assert html.escape("ppl @4094 tok") in gen and gen.count("<tr>") == 1 + len(ranked)
+    assert html.escape("ppl @4094 tok: basis model max") in gen
     doc = json.loads((tmp_path / "leaderboard.json").read_text())
     assert [r["label"] for r in doc["generative"]["rows"]] == ranked
     assert doc["generative"]["rows"][0]["needle @1000 tok"] == want[(ranked[0], "needle_accuracy", "1000")]

@@ -126,14 +126,21 @@ def test_group_guard_passes_the_exit_status_and_ends_what_the_command_left(tmp_p
 
     from jobs.serving.vllm_server import GUARD
 
+    def guard(command: str, parent: int = os.getpid()) -> int:
+        return subprocess.run([sys.executable, str(GUARD), "5", str(parent), "bash", "-c", command],
+                              start_new_session=True, timeout=30).returncode
+
     pid_file = tmp_path / "child"
-    done = subprocess.run([sys.executable, str(GUARD), "5", "bash", "-c", f"sleep 300 & echo $! > {pid_file}; exit 3"],
-                          start_new_session=True, timeout=30)
+    code = guard(f"sleep 300 & echo $! > {pid_file}; exit 3")
     child = int(pid_file.read_text())
     if not _gone(child, 5):
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the command's child outlived the guard")
-    assert done.returncode == 3
+    assert code == 3
+    assert guard("kill -KILL $$") == 128 + signal.SIGKILL          # a signal's death, as a shell reports it
+    # a guard whose parent is already gone (the worker died before the parent-death signal was armed)
+    assert guard(f"touch {tmp_path / 'ran'}", parent=1) == 128 + signal.SIGTERM
+    assert not (tmp_path / "ran").exists()
 
 
 _FAKE_SERVE = '''
@@ -186,7 +193,7 @@ def test_a_killed_worker_takes_the_servers_engine_core_with_it(tmp_path):
         worker.kill()
         worker.wait()
     if not _gone(core):
-        os.kill(core, signal.SIGKILL)
+        os.killpg(os.getpgid(core), signal.SIGKILL)      # the guard and the stand-in server too
         raise AssertionError("the engine core outlived the worker that started its server")
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from analysis.generative import cell_text
-from analysis.leaderboard import DENSE, GENERATIVE_INTRO, generative_settings_lines, settings_line
-from analysis.markdown import fmt
+from analysis.generative import INTRO as GENERATIVE_INTRO
+from analysis.generative import cell_text, groups, settings_lines
+from analysis.leaderboard import DENSE
+from analysis.markdown import fmt, settings_line
 from analysis.publish import to_json
 from analysis.publish.model import PublishedResults
 from analysis.publish.plots import render_plots
@@ -267,11 +268,14 @@ def render(m: PublishedResults) -> str:
                   f'{_table("serving-table", _serving_columns(m.serving_percentile), m.serving)}</div></section>')
     generative = ""
     if m.generative is not None and m.generative.rows:
-        columns = _DIMENSIONS + tuple(Column(c.title, c.title, lambda r, c=c: cell_text(r, c)) for c in m.generative.columns)
-        notes = "".join(f'<p class="note">{_e(line)}</p>' for line in generative_settings_lines(m.generative.settings))
-        generative = (f'<section id="generative"><h2>Generation and long context</h2><p class="note">'
-                      f'{_e(GENERATIVE_INTRO)}</p>{notes}<div class="scroll">'
-                      f'{_table("generative-table", columns, m.generative.rows)}</div></section>')
+        parts = []
+        for i, (sweep, model, rows, shown) in enumerate(groups(m.generative)):
+            columns = _DIMENSIONS + tuple(Column(c.title, c.title, lambda r, c=c: cell_text(r, c)) for c in shown)
+            notes = "".join(f'<p class="note">{_e(line)}</p>' for line in settings_lines(m.generative, sweep, model))
+            parts.append(f'<h3>{_e(model)} (sweep {_e(sweep)})</h3>{notes}<div class="scroll">'
+                         f'{_table(f"generative-table-{i}", columns, rows)}</div>')
+        generative = (f'<section id="generative"><h2>Generation and long context</h2>'
+                      f'<p class="note">{_e(GENERATIVE_INTRO)}</p>{"".join(parts)}</section>')
     return "".join([
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

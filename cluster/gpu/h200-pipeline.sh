@@ -9,21 +9,22 @@
 # succeeded (a rerun skips done steps, so a failed or time-capped one runs again); a later call polls
 # for the flags and copies /tmp/pipe/ back. Each sweep has a time cap (SIGINT: finished cells are kept,
 # a rerun of this script resumes them); all sweeps write one store, /tmp/results.
-# STEPS picks the steps (default: this kit's run of 2026-12-02, second session, in this order):
+# STEPS picks the steps (default: what the third H200 session, 2026-12-02, lost to a leaked engine core
+# (benchmarks/results/h200-2026-12-02-b), the cheap acceptance steps first, in this order):
 #   models       the builtin models converted from GGUF (run.sh models) and the 7B-shape random Llama
 #                (make_llama7b.py) beside them, outside any cell's clock
-#   gemma-vllm   h200-gemma3-vllm.yaml (bf16, FP8, GPTQ g128, fp8 KV; GSM8K, JSON, long context, serving)
 #   compare-c1   served_compare.py at concurrency 1 only, 5 rounds of `vllm bench serve`, quantmatrix's
 #                client and quantmatrix's client with vLLM's payload (text prompts, final usage), no
-#                throughput part; its server is SmolLM2's first start on this machine
-#   same-spec    h200-served-same-spec.yaml: issue 18's served SmolLM2 cell, now with warm caches
+#                throughput part; its server is the machine's first vLLM start, so it pays the cold caches
+#   same-spec    h200-served-same-spec.yaml: issue 18's served SmolLM2 cell, with warm caches
 #                (compare-c1 started the same server before), against the 388 s it took with two starts
 #   llama7b-bf16 h200-llama7b-bf16.yaml: the 7B bf16 cell on vLLM (throughput, batch-1, serving c=1..128)
 #   bench7b      `vllm bench throughput` on that 7B model, right after, in the cell's config
-#   llama7b-hf   h200-llama7b-hf.yaml: the 7B in bf16, NF4 and LLM.int8 on transformers
+#   gemma-vllm   h200-gemma3-vllm.yaml (bf16, FP8, GPTQ g128, fp8 KV; GSM8K, JSON, long context, serving)
 # and the steps of earlier runs:
-#   same-spec    (first in the order) the cold case; compare (rounds at c=1 and 32, throughput variants,
-#                then `vllm bench throughput`); gemma-hf (h200-gemma3-hf.yaml: KL, lm-eval, NF4, int8);
+#   llama7b-hf   h200-llama7b-hf.yaml: the 7B in bf16, NF4 and LLM.int8 on transformers (2026-12-02, third)
+#   compare (rounds at c=1 and 32, throughput variants, then `vllm bench throughput`); gemma-hf
+#                (h200-gemma3-hf.yaml: KL, lm-eval, NF4, int8); same-spec first in the order: the cold case
 #   smollm2 hf llama7b-model llama7b   the 2026-12-01 run (benchmarks/results/h200-2026-12-01)
 set -u
 mkdir -p /tmp/pipe
@@ -44,7 +45,7 @@ step() {
 run_step() {
   case $1 in
     models)     step models env LLAMA7B=/tmp/models/llama7b bash cluster/gpu/run.sh models ;;
-    compare-c1) step compare-c1 env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_S:-400}" \
+    compare-c1) step compare-c1 env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_S:-600}" \
                   COMPARE_ARGS="--concurrency 1 --requests 50 --rounds 5 --throughput-rounds 0" \
                   bash cluster/gpu/run.sh compare ;;
     llama7b-bf16) step llama7b-bf16 env SPEC=cluster/gpu/h200-llama7b-bf16.yaml bash cluster/gpu/run.sh "${L7B_S:-300}" ;;
@@ -61,5 +62,5 @@ run_step() {
     *) echo "unknown step $1"; return 1 ;;
   esac
 }
-for name in ${STEPS:-models gemma-vllm compare-c1 same-spec llama7b-bf16 bench7b llama7b-hf}; do run_step "$name"; done
+for name in ${STEPS:-models compare-c1 same-spec llama7b-bf16 bench7b gemma-vllm}; do run_step "$name"; done
 touch /tmp/pipe/all.done

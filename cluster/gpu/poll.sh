@@ -14,9 +14,10 @@ snap() {
   mv -f "$OUT/snap.tmp.tar.gz" "$OUT/snap.tar.gz"
 }
 t0=$SECONDS
+last=$SECONDS
 while [ $((SECONDS - t0)) -lt "$max" ] && [ ! -f /tmp/pipe/all.done ]; do
   sleep 10
-  [ $(((SECONDS - t0) % 60)) -lt 10 ] && snap
+  if [ $((SECONDS - last)) -ge 60 ]; then snap; last=$SECONDS; fi
 done
 snap
 echo "-- steps after $((SECONDS - t0)) s of polling:"; cat /tmp/pipe/steps 2>/dev/null
@@ -24,4 +25,4 @@ echo "-- pipeline:"; tail -4 /tmp/pipe.log
 cur=$(ls -t /tmp/pipe/*/stdout.log 2>/dev/null | head -1)
 echo "-- $cur:"; [ -n "$cur" ] && grep -v "━" "$cur" | tail -12 | cut -c1-300
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-[ -f /tmp/pipe/all.done ] && echo ALL-DONE
+if [ -f /tmp/pipe/all.done ]; then echo ALL-DONE; fi

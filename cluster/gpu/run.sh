@@ -63,8 +63,9 @@ install_gptqmodel() {
 
 install || { echo "install failed"; exit 1; }
 # vLLM's compile caches and FlashInfer's JIT kernels in the folder every cell's server uses on this node
-eval "$(PYTHONPATH=$SITE_P:$REPO python3 -c "from jobs.serving.vllm_server import node_cache_env
-for k, v in node_cache_env().items(): print(f'export {k}={v}')")"
+cache_env=$(PYTHONPATH=$SITE_P:$REPO python3 -c "from jobs.serving.vllm_server import node_cache_env
+for k, v in node_cache_env().items(): print(f'export {k}={v}')") || { echo "the node's cache folders: failed"; exit 1; }
+eval "$cache_env"
 case ${1:-} in
   bench)
     # BENCH_MODEL (default the SmolLM2 builtin), materialized from its GGUF if no earlier run did it
@@ -84,19 +85,25 @@ print(materialize(sys.argv[1], None, None))" "${BENCH_MODEL:-builtin:smollm2-135
       "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
     PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${COMPARE_TIMEOUT:-400}" python3 cluster/gpu/served_compare.py \
       "$model" "$OUT/compare" ${COMPARE_ARGS:-} 2>&1 | tee "$OUT/served_compare.log" | grep -E "^\||vllm serve up"
-    [ -n "${COMPARE_ONLY:-}" ] || exec bash "$0" bench
+    rc=$?
+    [ -n "${COMPARE_ONLY:-}" ] && exit $rc
+    exec bash "$0" bench
     ;;
   llama7b)
     PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py /tmp/models/llama7b
     ;;
   models)
     # LLAMA7B=DIR: the 7B-shape random Llama written there meanwhile (make_llama7b.py, GPU + disk)
-    [ -z "${LLAMA7B:-}" ] || PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py "$LLAMA7B" &
+    pids=()
+    [ -z "${LLAMA7B:-}" ] || { PYTHONPATH=$SITE_P:$REPO python3 cluster/gpu/make_llama7b.py "$LLAMA7B" & pids+=($!); }
     for m in ${MODELS:-builtin:smollm2-135m-instruct builtin:gemma3-270m}; do
       PYTHONPATH=$SITE_P:$REPO python3 -c "import sys, time; t = time.perf_counter()
 from jobs.models import materialize; print(sys.argv[1], materialize(sys.argv[1], None, None), f'{time.perf_counter() - t:.1f} s')" "$m" &
+      pids+=($!)
     done
-    wait
+    rc=0
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done     # one failed build fails the mode
+    exit $rc
     ;;
   tests|tests-quantize|tests-serve)
     [ "$1" = tests-serve ] || PYTHONPATH=$SITE_Q:$SITE_G:$SITE_P:$REPO timeout "${TESTS_Q_TIMEOUT:-150}" python3 -m pytest \
@@ -113,9 +120,11 @@ from jobs.models import materialize; print(sys.argv[1], materialize(sys.argv[1],
     # the driver needs neither llm-compressor nor vLLM: the spec's runtime_env gives each stage its own
     PYTHONPATH=$SITE_P:$REPO timeout -s INT -k 30 "${1:-500}" python3 -m cluster.cli sweep /tmp/spec.yaml \
       --results /tmp/results 2>&1 | tee -a "$OUT/sweep.log" | grep -v "━" | tail -25
+    rc=$?           # the sweep's: 130 when the time cap interrupted it, 1 when a cell failed
     PYTHONPATH=$SITE_P:$REPO python3 -m cluster.cli leaderboard --results /tmp/results > "$OUT/leaderboard.md" 2>&1
     tar czf "$OUT/results.tar.gz" -C /tmp results
     cp /tmp/qmx-cache/artifacts/builds.jsonl "$OUT/" 2>/dev/null
-    cat "$OUT/leaderboard.md" | head -30
+    head -30 "$OUT/leaderboard.md"
+    exit $rc
     ;;
 esac

@@ -1,6 +1,6 @@
 """Run a command in this process's group and take the whole group down when either ends.
 
-    python3 group_guard.py GRACE_S CMD [ARG ...]
+    python3 group_guard.py GRACE_S PARENT_PID CMD [ARG ...]
 
 `vllm serve` spawns its engine core with multiprocessing, and that grandchild holds the GPU's
 memory. When the Ray worker that started the server dies (a sweep interrupted at its time cap, a
@@ -9,8 +9,9 @@ core orphaned that way held 124 GiB of an H200, and every later vLLM start on th
 This guard is that direct child, and the leader of the server's process group (the caller starts it
 in a new session with a parent-death SIGTERM). When it gets SIGTERM or SIGINT (the worker died, or
 `VllmServer.close`), or when the command exits on its own, it sends SIGTERM to every other member of
-the group, waits up to GRACE_S for them to exit, SIGKILLs what is left, and exits with the command's
-status. So the server's exit status still reaches the caller.
+the group, waits up to GRACE_S for them to exit, SIGKILLs what is left and waits for that too, and
+exits with the command's status. So the server's exit status still reaches the caller. A worker that
+died before the parent-death signal was armed is caught by PARENT_PID: the guard then starts nothing.
 
 It is a script, not a module of the package: it imports nothing from quantmatrix, so it starts in
 milliseconds in any environment. It runs on Linux only, because it reads the group's members from /proc.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 
+KILL_WAIT_S = 10.0      # after SIGKILL, how long to wait for the group to be gone
 
 def group_members(pgid: int) -> list[int]:
     """Live processes of the group, other than this one (zombies excluded: they hold nothing)."""
@@ -49,19 +51,28 @@ def _signal_all(pids: list[int], sig: int) -> None:
 
 
 def end_group(grace_s: float) -> None:
-    pgid = os.getpgrp()
-    _signal_all(group_members(pgid), signal.SIGTERM)
+    """SIGTERM to each member (also those that appear meanwhile), SIGKILL at the deadline, then wait
+    (bounded) until the group is empty: the GPU is free only once its processes are gone."""
+    pgid, signalled = os.getpgrp(), set()
     deadline = time.monotonic() + grace_s
     while (left := group_members(pgid)) and time.monotonic() < deadline:
+        _signal_all([pid for pid in left if pid not in signalled], signal.SIGTERM)
+        signalled.update(left)
         time.sleep(0.1)
-    _signal_all(left, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while left and time.monotonic() < deadline:
+        _signal_all(left, signal.SIGKILL)
+        time.sleep(0.1)
+        left = group_members(pgid)
 
 
 def main(argv: list[str]) -> int:
-    grace_s, cmd = float(argv[0]), argv[1:]
+    grace_s, parent, cmd = float(argv[0]), int(argv[1]), argv[2:]
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
+    if stop or os.getppid() != parent:      # told to stop, or orphaned, before the server started
+        return 128 + signal.SIGTERM
     child = subprocess.Popen(cmd)            # same process group as this guard
     while child.poll() is None and not stop:
         time.sleep(0.2)
@@ -69,7 +80,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)   # close() signals the whole group, this guard included
     end_group(grace_s)
     code = child.wait()
-    return 128 - code if code < 0 else code  # a signal's death as a shell reports it
+    return 128 + -code if code < 0 else code     # death by signal N: 128 + N, as a shell reports it
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """vLLM's own OpenAI-compatible server (`vllm serve`): the one engine of a vLLM cell.
 
-`start(args)` launches `vllm serve` as a child process with the cell's engine arguments, on
-127.0.0.1 and a free port, and returns once `/health` answers. Every evaluator of the cell then
+`start(args)` launches `vllm serve` with the cell's engine arguments, on 127.0.0.1 and a free port,
+under `group_guard.py` (which ends the server's whole process group when the worker dies), and
+returns once `/health` answers. Every evaluator of the cell then
 talks to that one server: perplexity through `prompt_logprobs`, offline-style speed through plain
 completions requests (`jobs.serving.openai_batch`), served latency through streamed ones
 (`serve`). So a vLLM cell costs one engine start, and its served figures are the server users deploy.
@@ -33,7 +34,7 @@ BATCHING = "continuous"     # vLLM's own scheduler
 START_TIMEOUT_S = 900      # a first start on a fresh machine compiles kernels for minutes
 SERVED_MODEL_NAME = "cell"
 GUARD = Path(__file__).with_name("group_guard.py")
-GUARD_GRACE_S = 30          # the server's own shutdown, before what is left is killed (close waits 60 s)
+GUARD_GRACE_S = 30          # the server's own shutdown, before the guard kills what is left
 
 # LLM(...) keyword -> `vllm serve` flag; booleans become bare flags
 _FLAGS = {"tokenizer": "--tokenizer", "dtype": "--dtype", "kv_cache_dtype": "--kv-cache-dtype",
@@ -141,7 +142,7 @@ class VllmServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=GUARD_GRACE_S + 30)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -158,17 +159,20 @@ def start(args: dict[str, Any]) -> VllmServer:
     began = time.perf_counter()
     cmd = serve_command(args, port)
     if sys.platform == "linux":     # the guard takes the engine core down with the server (group_guard.py)
-        cmd = [sys.executable, str(GUARD), str(GUARD_GRACE_S), *cmd]
+        cmd = [sys.executable, str(GUARD), str(GUARD_GRACE_S), str(os.getpid()), *cmd]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = VllmServer(url, proc, log.name, 0.0)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = server.log()[-3000:]
-            server.close()
-            raise RuntimeError(f"vllm serve did not start (exit {proc.poll()}); log tail:\n{tail}")
-        time.sleep(0.5)
+    try:
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = server.log()[-3000:]
+                raise RuntimeError(f"vllm serve did not start (exit {proc.poll()}); log tail:\n{tail}")
+            time.sleep(0.5)
+    except BaseException:       # a failed start, Ctrl-C or a cancelled task: nothing is left running
+        server.close()
+        raise
     server.start_seconds = time.perf_counter() - began
     return server
 
