@@ -13,7 +13,7 @@ KV_CACHE_DTYPES: dict[str, int] = {"auto": 2, "fp8_e4m3": 1, "fp8_e5m2": 1}
 
 
 @dataclass(frozen=True)
-class EngineInfo:
+class EngineCapabilities:
     name: str
     kv_cache_dtypes: tuple[str, ...]       # the KV dtypes it can run
     reusable: bool                         # a worker may keep it loaded across cells (frees memory in-process)
@@ -29,11 +29,11 @@ class EngineInfo:
         return self.module or f"jobs.engines.{self.name}"
 
 
-ENGINES: dict[str, EngineInfo] = {
-    "hf": EngineInfo("hf", ("auto",), reusable=True, ray_executor=False, picks_kernel=False, full_distribution=True,
-                       in_process_weights=True),
+ENGINES: dict[str, EngineCapabilities] = {
+    "hf": EngineCapabilities("hf", ("auto",), reusable=True, ray_executor=False, picks_kernel=False, full_distribution=True,
+                               in_process_weights=True),
     # vLLM does not free its GPU memory reliably in-process: each vLLM cell gets a fresh actor
-    "vllm": EngineInfo("vllm", tuple(KV_CACHE_DTYPES), reusable=False, ray_executor=True, picks_kernel=True,
-                       full_distribution=False,      # its server returns only its own top-k per position
-                       refused_backends=(("bitsandbytes", "vLLM's bitsandbytes path is slated for removal upstream"),)),
+    "vllm": EngineCapabilities("vllm", tuple(KV_CACHE_DTYPES), reusable=False, ray_executor=True, picks_kernel=True,
+                               full_distribution=False,      # its server returns only its own top-k per position
+                               refused_backends=(("bitsandbytes", "vLLM's bitsandbytes path is slated for removal upstream"),)),
 }

@@ -17,7 +17,7 @@ from matrix.engines import ENGINES
 if TYPE_CHECKING:
     from jobs.evaluate import Evaluation
     from jobs.serving import ServerHandle
-    from matrix.engines import EngineInfo as Capabilities
+    from matrix.engines import EngineCapabilities as Capabilities
 
 BATCH_SIZE = 8      # prompts per hf generate call of `generate_text` (left-padded)
 
