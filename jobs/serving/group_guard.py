@@ -26,6 +26,7 @@ import time
 
 KILL_WAIT_S = 10.0      # after SIGKILL, how long to wait for the group to be gone
 
+
 def group_members(pgid: int) -> list[int]:
     """Live processes of the group, other than this one (zombies excluded: they hold nothing)."""
     members = []
