@@ -77,7 +77,8 @@ def _mutated_example(draw) -> bytes:
             lines = lines[:i] + [line[:draw(st.integers(0, len(line)))]]
         elif op == "flip":
             raw = bytearray("\n".join(lines).encode())
-            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+            if raw:             # earlier cuts may have left nothing to flip
+                raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
             return bytes(raw)
     return "\n".join(lines).encode()
 
