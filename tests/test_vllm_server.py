@@ -107,16 +107,27 @@ def test_close_stops_children_left_after_the_server_process_exited(tmp_path):
         raise AssertionError("the server's child outlived close()")
 
 
-def _gone(pid: int, timeout_s: float = 15.0) -> bool:
+def _within(timeout_s: float, check) -> bool:
+    """Whether `check()` turns true within `timeout_s` (polled every 50 ms)."""
     import time
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if check():
             return True
         time.sleep(0.05)
     return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _gone(pid: int, timeout_s: float = 15.0) -> bool:
+    return _within(timeout_s, lambda: not _alive(pid))
 
 
 def test_group_guard_passes_the_exit_status_and_ends_what_the_command_left(tmp_path):
@@ -157,8 +168,8 @@ if __name__ == "__main__":
         def do_GET(self):
             self.send_response(200)
             self.end_headers()
-        def log_message(self, *args):
-            pass
+        def log_message(self, *args):      # no access log in the server's output
+            return None
     http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
 '''
 
@@ -186,9 +197,9 @@ def test_a_killed_worker_takes_the_servers_engine_core_with_it(tmp_path):
                               env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout.readline().strip() == "up"
-        assert _wait_for(core_pid)
+        assert _within(30, lambda: core_pid.exists() and core_pid.read_text())
         core = int(core_pid.read_text())
-        os.kill(core, 0)
+        assert _alive(core)
     finally:
         worker.kill()
         worker.wait()
@@ -196,12 +207,3 @@ def test_a_killed_worker_takes_the_servers_engine_core_with_it(tmp_path):
         os.killpg(os.getpgid(core), signal.SIGKILL)      # the guard and the stand-in server too
         raise AssertionError("the engine core outlived the worker that started its server")
 
-
-def _wait_for(path: Path, timeout_s: float = 30.0) -> bool:
-    import time
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return True
-        time.sleep(0.05)
-    return False

@@ -18,6 +18,7 @@ milliseconds in any environment. It runs on Linux only, because it reads the gro
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,10 +46,8 @@ def group_members(pgid: int) -> list[int]:
 
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):     # exited since the scan
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def end_group(grace_s: float) -> None:
