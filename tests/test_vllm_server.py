@@ -154,6 +154,27 @@ def test_group_guard_passes_the_exit_status_and_ends_what_the_command_left(tmp_p
     assert not (tmp_path / "ran").exists()
 
 
+
+def test_a_group_of_zombies_is_gone(tmp_path):
+    """An exited engine core that nobody reaps (a container's PID 1 may never) must not hold up the next cell."""
+    import subprocess
+    import sys
+
+    from jobs.serving.vllm_server import _group_alive
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)   # leads its own group
+    assert _within(15, lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    try:
+        assert not _group_alive(proc.pid)         # its only member is a zombie
+    finally:
+        proc.wait()
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert _group_alive(live.pid)
+    finally:
+        live.kill()
+        live.wait()
+
 _FAKE_SERVE = '''
 import http.server, multiprocessing, os, sys, time
 

@@ -10,7 +10,7 @@
 # for the flags and copies /tmp/pipe/ back. Each sweep has a time cap (SIGINT: finished cells are kept,
 # a rerun of this script resumes them); all sweeps write one store, /tmp/results.
 # STEPS picks the steps (default: what the third H200 session, 2026-12-02, lost to a leaked engine core
-# (benchmarks/results/h200-2026-12-02-b), the cheap acceptance steps first, in this order):
+# (benchmarks/results/h200-2026-12-02-b) and its one missing Gemma cell, the acceptance steps first):
 #   models       the builtin models converted from GGUF (run.sh models) and the 7B-shape random Llama
 #                (make_llama7b.py) beside them, outside any cell's clock
 #   compare-c1   served_compare.py at concurrency 1 only, 5 rounds of `vllm bench serve`, quantmatrix's
@@ -20,8 +20,10 @@
 #                (compare-c1 started the same server before), against the 388 s it took with two starts
 #   llama7b-bf16 h200-llama7b-bf16.yaml: the 7B bf16 cell on vLLM (throughput, batch-1, serving c=1..128)
 #   bench7b      `vllm bench throughput` on that 7B model, right after, in the cell's config
-#   gemma-vllm   h200-gemma3-vllm.yaml (bf16, FP8, GPTQ g128, fp8 KV; GSM8K, JSON, long context, serving)
+#   gemma-kv     h200-gemma3-kv.yaml: Gemma-3-270m bf16 with the auto and the fp8 KV cache on vLLM
 # and the steps of earlier runs:
+#   gemma-vllm   h200-gemma3-vllm.yaml (bf16, FP8, GPTQ g128, fp8 KV; GSM8K, JSON, long context, serving;
+#                2026-12-02, third: its fp8 KV cell was cut by the step's cap)
 #   llama7b-hf   h200-llama7b-hf.yaml: the 7B in bf16, NF4 and LLM.int8 on transformers (2026-12-02, third)
 #   compare (rounds at c=1 and 32, throughput variants, then `vllm bench throughput`); gemma-hf
 #                (h200-gemma3-hf.yaml: KL, lm-eval, NF4, int8); same-spec first in the order: the cold case
@@ -54,6 +56,7 @@ run_step() {
     same-spec)  step same-spec env SPEC=cluster/gpu/h200-served-same-spec.yaml bash cluster/gpu/run.sh "${SAME_S:-420}" ;;
     compare)    step compare bash cluster/gpu/run.sh compare ;;
     gemma-vllm) step gemma-vllm env SPEC=cluster/gpu/h200-gemma3-vllm.yaml bash cluster/gpu/run.sh "${GEMMA_V_S:-720}" ;;
+    gemma-kv)   step gemma-kv env SPEC=cluster/gpu/h200-gemma3-kv.yaml bash cluster/gpu/run.sh "${GEMMA_KV_S:-420}" ;;
     gemma-hf)   step gemma-hf env SPEC=cluster/gpu/h200-gemma3-hf.yaml bash cluster/gpu/run.sh "${GEMMA_H_S:-300}" ;;
     smollm2)    step smollm2 env SPEC=cluster/gpu/h200-smollm2.yaml bash cluster/gpu/run.sh "${SMOLLM2_S:-720}" ;;
     hf)         step hf env SPEC=cluster/gpu/h200-smollm2-hf.yaml bash cluster/gpu/run.sh "${HF_S:-300}" ;;
@@ -62,5 +65,5 @@ run_step() {
     *) echo "unknown step $1"; return 1 ;;
   esac
 }
-for name in ${STEPS:-models compare-c1 same-spec llama7b-bf16 bench7b gemma-vllm}; do run_step "$name"; done
+for name in ${STEPS:-models compare-c1 same-spec llama7b-bf16 bench7b gemma-kv}; do run_step "$name"; done
 touch /tmp/pipe/all.done

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jobs.serving import ServerHandle
+from jobs.serving.group_guard import group_members
 
 BATCHING = "continuous"     # vLLM's own scheduler
 START_TIMEOUT_S = 900      # a first start on a fresh machine compiles kernels for minutes
@@ -112,13 +113,23 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. On Linux zombies do not count: they hold no memory, and
+    under a PID 1 that never reaps (a container's) an orphaned engine core's zombie would stay forever."""
+    if sys.platform == "linux":
+        return bool(group_members(pgid))
+    try:
+        os.killpg(pgid, 0)               # signal 0: is anyone of the group still there?
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _wait_group_gone(pgid: int, timeout_s: float) -> None:
     """Wait for every process of the group to exit; SIGKILL what is left at the deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)           # signal 0: is anyone of the group still alive?
-        except ProcessLookupError:
+        if not _group_alive(pgid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
