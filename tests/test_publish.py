@@ -141,6 +141,27 @@ def test_the_h200_store_shows_generation_and_long_context_in_every_format(tmp_pa
     assert doc["generative"]["rows"][0]["needle @1000 tok"] == want[(ranked[0], "needle_accuracy", "1000")]
 
 
+def test_the_fp8_kv_cells_get_a_kv_column_with_the_stores_values():
+    """The H200's Gemma-3-270m bf16 cells with the auto and the fp8 KV cache (vLLM): the generation table
+    names each row's KV dtype, and its long-context figures, where fp8 KV damage would show, are the store's."""
+    from analysis.catalog import connect
+
+    store = ROOT / "benchmarks/results/h200-2026-12-02-c"
+    want = {(r[0], r[1]): r[2] for r in connect(store).execute(
+        "SELECT label, json_extract_string(settings, '$.context'), value FROM results "
+        "WHERE sweep = 'h200-gemma3-kv' AND metric = 'long_context_perplexity'").fetchall()}
+    text = leaderboard_markdown(store, "h200-gemma3-kv")
+    section = text[text.index("## Generation and long context"):text.index("## Served latency")]
+    lines = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:3] == ["cell", "KV", "engine"]
+    rows = {r[0]: dict(zip(header, r)) for r in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}
+    assert {label: r["KV"] for label, r in rows.items()} == {"bf16": "auto", "bf16 kv=fp8_e4m3": "fp8_e4m3"}
+    for label, r in rows.items():
+        assert r["ppl @4094 tok"] == f"{want[(label, '4094')]:.2f}"
+
+
 def test_generation_settings_are_said_per_sweep_and_model(tmp_path):
     """Two sweeps that ran GSM8K over different item counts: each table says its own, under its own heading."""
     import pyarrow as pa

@@ -18,7 +18,7 @@ from jobs.serving.openai_stream import Chunk, SSEDecoder, StreamResult, parse_ev
 from jobs.serving.stats import (PERCENTILES, RequestSample, chunk_token_counts, meets_sla, percentile,
                                 request_sample, summarize)
 
-from conftest import baseline_engine
+from conftest import ROOT, baseline_engine
 
 
 def words(text: str) -> int:
@@ -210,6 +210,44 @@ def test_open_loop_respects_rate_and_concurrency_cap():
     assert all(s.ok for s in run.samples) and state["peak"] <= 2
     assert took >= 20 / 40.0 * 0.9          # arrivals spread over count / rate seconds
 
+
+
+def test_loadgen_reads_the_servers_own_ttft_and_tpot(tmp_path):
+    """Against a server that logs when each token left (vLLM's stream format on a fixed pace, its own process),
+    every request's client TTFT is at least the server's (the client's clock starts before the request leaves
+    and stops after the token arrives), and TPOT is the server's to within 0.1 ms (one token miscounted would
+    be 0.43 ms here). Both payloads of served_compare's clients: the sweep's, and vLLM's client's."""
+    import statistics
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from jobs.models import materialize
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paced_server
+
+    model_dir = str(materialize("builtin:smollm2-135m-instruct", None, None))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])   # noqa: E731
+    ids = [list(range(1000 + 64 * i, 1064 + 64 * i)) for i in range(11)]
+    truth = tmp_path / "truth.jsonl"
+    url, server = paced_server.start(truth, model_dir, ttft_s=0.02, tpot_s=0.01)
+    try:
+        for text in (False, True):
+            skip = paced_server.logged(truth) + 1           # after the warm-up request
+            prompts = [tokenizer.decode(p) for p in ids] if text else ids
+            (run,) = run_levels(url, prompts, 24, [LoadLevel(1, 10)], count, continuous_usage=not text)
+            server_side = paced_server.truth_rows(truth, skip, 10)
+            assert all(s.ok and s.output_tokens == 24 for s in run.samples), [s.error for s in run.samples]
+            assert {s.token_counts for s in run.samples} == {"retokenized" if text else "server"}
+            for mine, theirs in zip(run.samples, server_side):
+                assert mine.ttft_s >= theirs["ttft_s"]
+            offsets = [m.tpot_s - t["tpot_s"] for m, t in zip(run.samples, server_side)]
+            assert abs(statistics.median(offsets)) < 1e-4, offsets
+    finally:
+        server.terminate()
+        server.wait()
 
 # --- the transformers server on real models ----------------------------------------------------
 

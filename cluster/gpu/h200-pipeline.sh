@@ -9,10 +9,15 @@
 # succeeded (a rerun skips done steps, so a failed or time-capped one runs again); a later call polls
 # for the flags and copies /tmp/pipe/ back. Each sweep has a time cap (SIGINT: finished cells are kept,
 # a rerun of this script resumes them); all sweeps write one store, /tmp/results.
-# STEPS picks the steps (default: what the third H200 session, 2026-12-02, lost to a leaked engine core
-# (benchmarks/results/h200-2026-12-02-b) and its one missing Gemma cell, the acceptance steps first):
+# STEPS picks the steps (default: issue 18's one unmet figure, client against `vllm bench serve` at c=1,
+# on a model whose decode the GPU bounds; benchmarks/results/h200-2026-12-02-c says why):
 #   models       the builtin models converted from GGUF (run.sh models) and the 7B-shape random Llama
 #                (make_llama7b.py) beside them, outside any cell's clock
+#   compare-7b   compare-c1 on the 7B-shape random Llama: its c=1 TPOT (4.6 ms, 66 % MBU) is the GPU's,
+#                where SmolLM2's 2 ms is the host's, which moved 37 % between vLLM's own runs (~620 s:
+#                a cold 7B start, then 5 rounds of ~75 s; benchmarks/client_bench.py measured both
+#                clients on a paced server first)
+# and the steps of earlier runs:
 #   compare-c1   served_compare.py at concurrency 1 only, 5 rounds of `vllm bench serve`, quantmatrix's
 #                client and quantmatrix's client with vLLM's payload (text prompts, final usage), no
 #                throughput part; its server is the machine's first vLLM start, so it pays the cold caches
@@ -21,7 +26,7 @@
 #   llama7b-bf16 h200-llama7b-bf16.yaml: the 7B bf16 cell on vLLM (throughput, batch-1, serving c=1..128)
 #   bench7b      `vllm bench throughput` on that 7B model, right after, in the cell's config
 #   gemma-kv     h200-gemma3-kv.yaml: Gemma-3-270m bf16 with the auto and the fp8 KV cache on vLLM
-# and the steps of earlier runs:
+#                (compare-c1 to gemma-kv: the fourth session, 2026-12-02, benchmarks/results/h200-2026-12-02-c)
 #   gemma-vllm   h200-gemma3-vllm.yaml (bf16, FP8, GPTQ g128, fp8 KV; GSM8K, JSON, long context, serving;
 #                2026-12-02, third: its fp8 KV cell was cut by the step's cap)
 #   llama7b-hf   h200-llama7b-hf.yaml: the 7B in bf16, NF4 and LLM.int8 on transformers (2026-12-02, third)
@@ -50,6 +55,9 @@ run_step() {
     compare-c1) step compare-c1 env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_S:-600}" \
                   COMPARE_ARGS="--concurrency 1 --requests 50 --rounds 5 --throughput-rounds 0" \
                   bash cluster/gpu/run.sh compare ;;
+    compare-7b) step compare-7b env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_7B_S:-900}" COMPARE_MODEL=/tmp/models/llama7b \
+                  COMPARE_ARGS="--concurrency 1 --requests 50 --rounds 5 --throughput-rounds 0" \
+                  bash cluster/gpu/run.sh compare ;;
     llama7b-bf16) step llama7b-bf16 env SPEC=cluster/gpu/h200-llama7b-bf16.yaml bash cluster/gpu/run.sh "${L7B_S:-300}" ;;
     bench7b)    step bench7b env BENCH_MODEL=/tmp/models/llama7b BENCH_TIMEOUT=300 bash cluster/gpu/run.sh bench ;;
     llama7b-hf) step llama7b-hf env SPEC=cluster/gpu/h200-llama7b-hf.yaml bash cluster/gpu/run.sh "${L7B_HF_S:-420}" ;;
@@ -65,5 +73,5 @@ run_step() {
     *) echo "unknown step $1"; return 1 ;;
   esac
 }
-for name in ${STEPS:-models compare-c1 same-spec llama7b-bf16 bench7b gemma-kv}; do run_step "$name"; done
+for name in ${STEPS:-models compare-7b}; do run_step "$name"; done
 touch /tmp/pipe/all.done

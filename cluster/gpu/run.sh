@@ -11,8 +11,9 @@
 #                                       another than SmolLM2), in the config of the sweep's throughput metric
 #                                       (256 x 128 in / 128 out)
 #   bash cluster/gpu/run.sh compare     quantmatrix's served client and `vllm bench serve` on one `vllm serve`
-#                                       (cluster/gpu/served_compare.py; COMPARE_ARGS=... its options), then
-#                                       `bench` (COMPARE_ONLY=1: not)
+#                                       (cluster/gpu/served_compare.py; COMPARE_ARGS=... its options,
+#                                       COMPARE_MODEL=... another model than SmolLM2), then `bench`
+#                                       (COMPARE_ONLY=1: not)
 #   bash cluster/gpu/run.sh llama7b     the 7B-shape random Llama of h200-llama7b.yaml (make_llama7b.py)
 #   bash cluster/gpu/run.sh models      the builtin models converted from their GGUF files once per machine,
 #                                       in parallel (so no cell's wall time carries a conversion); with
@@ -81,10 +82,11 @@ print(materialize(sys.argv[1], None, None))" "${BENCH_MODEL:-builtin:smollm2-135
   compare)
     # quantmatrix's served client beside `vllm bench serve` on one standalone `vllm serve` (the sweep's
     # engine arguments), then `vllm bench throughput` as in `bench`: run it right after a sweep
-    model=$(PYTHONPATH=$SITE_P:$REPO python3 -c \
-      "from jobs.models import materialize; print(materialize('builtin:smollm2-135m-instruct', None, None))" | tail -1)
+    # COMPARE_MODEL (default the SmolLM2 builtin), materialized from its GGUF if no earlier run did it
+    model=$(PYTHONPATH=$SITE_P:$REPO python3 -c "import sys; from jobs.models import materialize
+print(materialize(sys.argv[1], None, None))" "${COMPARE_MODEL:-builtin:smollm2-135m-instruct}" | tail -1)
     PYTHONPATH=$SITE_V:$SITE_P:$REPO timeout "${COMPARE_TIMEOUT:-400}" python3 cluster/gpu/served_compare.py \
-      "$model" "$OUT/compare" ${COMPARE_ARGS:-} 2>&1 | tee "$OUT/served_compare.log" | grep -E "^\||vllm serve up"
+      "$model" "$OUT/compare" ${COMPARE_ARGS:-} 2>&1 | tee "$OUT/served_compare.log" | grep --line-buffered -E "^\||vllm serve up"   # line by line: a poll shows the start
     rc=$?
     [ -n "${COMPARE_ONLY:-}" ] && exit $rc
     exec bash "$0" bench
