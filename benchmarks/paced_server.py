@@ -57,9 +57,10 @@ def serve(port: int, truth: str, model_dir: str, ttft_s: float, tpot_s: float) -
                                         "choices": [], "usage": {"prompt_tokens": prompt_tokens,
                                                                  "completion_tokens": n,
                                                                  "total_tokens": prompt_tokens + n}}))
+        # logged before [DONE]: a client that has read the whole stream finds its request in the log
+        log.write(json.dumps({"ttft_s": sends[0] - arrival, "tpot_s": (sends[-1] - sends[0]) / (n - 1)}) + "\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        log.write(json.dumps({"ttft_s": sends[0] - arrival, "tpot_s": (sends[-1] - sends[0]) / (n - 1)}) + "\n")
         return response
 
     async def health(_request: web.Request) -> web.Response:

@@ -211,7 +211,6 @@ def test_open_loop_respects_rate_and_concurrency_cap():
     assert took >= 20 / 40.0 * 0.9          # arrivals spread over count / rate seconds
 
 
-
 def test_loadgen_reads_the_servers_own_ttft_and_tpot(tmp_path):
     """Against a server that logs when each token left (vLLM's stream format on a fixed pace, its own process),
     every request's client TTFT is at least the server's (the client's clock starts before the request leaves
