@@ -248,6 +248,46 @@ def test_loadgen_reads_the_servers_own_ttft_and_tpot(tmp_path):
         server.terminate()
         server.wait()
 
+def test_served_compare_reads_the_servers_means_from_prometheus_histograms():
+    """served_compare's server-side reference: the deltas of vLLM's TTFT and per-request TPOT histograms
+    between two scrapes, summed over engines, as ms means; buckets and other metrics are not counted."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("served_compare", ROOT / "cluster/gpu/served_compare.py")
+    served_compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(served_compare)
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    # the exposition vLLM's server writes: prometheus_client's, one labelled series per engine
+    registry = CollectorRegistry()
+    labels = ("engine", "model_name")
+    ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT", labels, registry=registry)
+    tpot = Histogram("vllm:request_time_per_output_token_seconds", "TPOT", labels, registry=registry)
+    e2e = Histogram("vllm:e2e_request_latency_seconds", "e2e", labels, registry=registry)
+    tokens = Counter("vllm:generation_tokens", "tokens", labels, registry=registry)
+
+    def observe(engine: str, ttft_s: float, tpot_s: float, count: int) -> None:
+        for _ in range(count):
+            ttft.labels(engine, "cell").observe(ttft_s)
+            tpot.labels(engine, "cell").observe(tpot_s)
+            e2e.labels(engine, "cell").observe(9.0)
+            tokens.labels(engine, "cell").inc(64)
+
+    observe("0", 0.1, 0.004, 10)
+    observe("1", 0.1, 0.004, 5)
+    before = served_compare.parse_metrics(generate_latest(registry).decode())
+    assert before == pytest.approx({"server_ttft_mean_sum": 1.5, "server_ttft_mean_count": 15,
+                                    "server_tpot_mean_sum": 0.06, "server_tpot_mean_count": 15})
+    observe("0", 0.018, 0.005, 30)
+    observe("1", 0.018, 0.005, 20)
+    after = served_compare.parse_metrics(generate_latest(registry).decode())
+    means = served_compare._server_means(before, after)
+    assert means["server_ttft_mean"] == pytest.approx(18.0) and means["server_ttft_mean_requests"] == 50
+    assert means["server_tpot_mean"] == pytest.approx(5.0)
+    assert served_compare._server_means({}, after) == {}       # no first scrape: no figure, not a cumulative one
+
+
 # --- the transformers server on real models ----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,12 @@ Throughput, 256 prompts x 128 tokens in and out, EOS ignored (the sweep's `batch
 `vllm bench throughput` (offline LLM.generate, its own engine) runs after this script (run.sh compare).
 `--throughput-rounds 0` leaves the throughput part out.
 
+Beside each served run, the server's own view: the deltas of vLLM's Prometheus histograms
+(`vllm:time_to_first_token_seconds`, arrival in the API server to first token;
+`vllm:request_time_per_output_token_seconds`, first to last token over n-1, per request) over the run,
+as means, against each client's means: the client's offset from the server is its own overhead, so two
+clients are compared on what they add, not only on each other (each delta holds the run's warm-up request).
+
 Prints tables with the median and range over rounds and writes compare.json (and vLLM's result files).
 """
 from __future__ import annotations
@@ -39,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,6 +56,44 @@ PROMPT, OUTPUT = 128, 64
 BATCH, BATCH_NEW = 256, 128
 CLIENTS = ("bench", "qmx", "qmx-text")
 FIGURES = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "req_s", "tok_s")
+# vLLM's histograms whose sum/count deltas over a run are the server's mean TTFT and TPOT (seconds)
+SERVER_HISTOGRAMS = {"server_ttft_mean": "vllm:time_to_first_token_seconds",
+                     "server_tpot_mean": "vllm:request_time_per_output_token_seconds"}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum and count of each SERVER_HISTOGRAMS series, summed over labels, from Prometheus text."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name = series.split("{")[0]
+        for key, metric in SERVER_HISTOGRAMS.items():
+            for part in ("sum", "count"):
+                if name == f"{metric}_{part}":
+                    totals[f"{key}_{part}"] = totals.get(f"{key}_{part}", 0.0) + float(value)
+    return totals
+
+
+def _scrape(url: str) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            return parse_metrics(r.read().decode())
+    except OSError as err:     # the server's view is a reference: without it the clients' figures still stand
+        print(f"/metrics not read: {err}", flush=True)
+        return {}
+
+
+def _server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The server's mean TTFT and TPOT in ms over the requests between two scrapes."""
+    out: dict[str, float] = {}
+    for key in SERVER_HISTOGRAMS if before and after else ():
+        count = after.get(f"{key}_count", 0.0) - before.get(f"{key}_count", 0.0)
+        if count:
+            out[key] = 1000 * (after[f"{key}_sum"] - before.get(f"{key}_sum", 0.0)) / count
+            out[f"{key}_requests"] = count
+    return out
 
 
 def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path, name: str,
@@ -64,7 +109,7 @@ def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path,
     r = json.loads((out / f"{name}.json").read_text())
     return {"ttft_p50": r["median_ttft_ms"], "ttft_p99": r["p99_ttft_ms"], "tpot_p50": r["median_tpot_ms"],
             "tpot_p99": r["p99_tpot_ms"], "req_s": r["request_throughput"], "tok_s": r["output_throughput"],
-            "duration_s": r["duration"]}
+            "ttft_mean": r["mean_ttft_ms"], "tpot_mean": r["mean_tpot_ms"], "duration_s": r["duration"]}
 
 
 class Windows:
@@ -111,7 +156,8 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, text: bool
     assert [x.prompt_tokens for x in run.samples] == want, {x.prompt_tokens for x in run.samples}
     return {"ttft_p50": s["ttft_ms_p50"], "ttft_p99": s["ttft_ms_p99"], "tpot_p50": s["tpot_ms_p50"],
             "tpot_p99": s["tpot_ms_p99"], "req_s": s["request_throughput"], "tok_s": s["output_tokens_per_s"],
-            "duration_s": run.duration_s}
+            "ttft_mean": 1000 * statistics.fmean(x.ttft_s for x in run.samples),
+            "tpot_mean": 1000 * statistics.fmean(x.tpot_s for x in run.samples), "duration_s": run.duration_s}
 
 
 def _batch(url: str, prompts: list[list[int]], temperature: float) -> dict:
@@ -170,7 +216,10 @@ def main() -> None:
     def record(kind: str, client: str, r: int, c: int, n: int, run) -> None:
         t = time.perf_counter()
         try:
+            before = _scrape(server.url) if kind == "served" else {}
             figures = run()
+            if kind == "served":
+                figures |= _server_means(before, _scrape(server.url))
         except Exception as err:     # one client failing must not lose the others' figures
             tail = (getattr(err, "stderr", None) or b"")[-1500:].decode(errors="replace")
             print(f"{client} round {r} c={c} failed: {type(err).__name__}: {err}\n{tail}", flush=True)
@@ -229,6 +278,19 @@ def main() -> None:
                 if ratios:
                     per_round = " ".join(f"{x:+.1%}" for x in ratios)
                     print(f"| {client} | {c} | {figure} | {statistics.median(ratios):+.1%} | {per_round} |")
+    print("\nAgainst the server's own means (vLLM's histograms over the run), ms, median over rounds:")
+    print("| client | conc | TTFT mean | server's | client - server | TPOT mean | server's | client - server |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c in a.concurrency:
+        for client in a.clients:
+            mine = [x for x in rows if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c
+                    and "server_ttft_mean" in x and "server_tpot_mean" in x]
+            if mine:
+                cells = [statistics.median(f(x) for x in mine) for f in (
+                    lambda x: x["ttft_mean"], lambda x: x["server_ttft_mean"],
+                    lambda x: x["ttft_mean"] - x["server_ttft_mean"], lambda x: x["tpot_mean"],
+                    lambda x: x["server_tpot_mean"], lambda x: x["tpot_mean"] - x["server_tpot_mean"])]
+                print(f"| {client} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     print(f"\nThroughput, {BATCH} prompts x {PROMPT} in / {BATCH_NEW} out, output tok/s, median (min–max):")
     for client in [*batches, "bench-serve-256"]:
         mine = [x["tok_s"] for x in rows if x["kind"] == "throughput" and x["client"] == client]
