@@ -1,12 +1,13 @@
 """quantmatrix's served and throughput clients beside vLLM's own, on ONE `vllm serve`, in rounds.
 
     python3 cluster/gpu/served_compare.py MODEL_DIR OUT_DIR [--concurrency 1 32] [--requests 50 200] [--rounds 3]
-        [--clients bench qmx qmx-text] [--throughput-rounds N]
+        [--clients bench qmx qmx-text] [--throughput-rounds N] [--input-len 128] [--output-len 64]
 
 Starts the server exactly as a sweep's vLLM cell does (jobs.engines.vllm.engine_args, the node's
 caches), but outside Ray. Then, on that one server:
 
-Served latency, closed loop, 128-token prompts, 64 output tokens, EOS ignored, greedy; `--rounds`
+Served latency, closed loop, `--input-len`-token prompts (128), `--output-len` new tokens (64), EOS ignored,
+greedy; `--rounds`
 rounds, each running every client back to back at every level (in an order rotated per round), so the
 server's drift between runs (23 % between two `vllm bench serve` runs minutes apart on 2026-12-01)
 shows as a spread that the clients share instead of as a client difference. No prompt is sent twice
@@ -113,17 +114,21 @@ def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path,
 
 
 class Windows:
-    """Corpus windows of PROMPT tokens, each handed out once (so no prefill is served from vLLM's prefix
-    cache): as token ids, or decoded to text when the text re-encodes to exactly the same count."""
+    """Corpus windows of `length` tokens, each handed out once (so no prefill is served from vLLM's prefix
+    cache): as token ids, or decoded to text when the text re-encodes to exactly the same count. The
+    consecutive windows first, then the same shifted by 64 tokens, and so on: a shifted window starts with
+    tokens no earlier prompt started with, and vLLM's prefix-cache hash chains from the first block, so
+    none of its blocks is a hit (the ~108 k corpus tokens give ~1,700 prompts of any length)."""
 
-    def __init__(self, tokenizer, corpora: tuple[str, ...] = ("evals-wikipedia", "evals-openwebtext", "evals-c4")):
+    SHIFT = 64
+
+    def __init__(self, tokenizer, length: int,
+                 corpora: tuple[str, ...] = ("evals-wikipedia", "evals-openwebtext", "evals-c4")):
         from jobs.evaluate.perplexity import corpus_token_ids
-        from jobs.serving.loadgen import corpus_prompts
-        self.tokenizer = tokenizer
-        self.pool = []
-        for corpus in corpora:
-            ids = corpus_token_ids(tokenizer, corpus, None)
-            self.pool += corpus_prompts(ids, PROMPT, len(ids) // PROMPT)
+        self.tokenizer, self.length = tokenizer, length
+        texts = [corpus_token_ids(tokenizer, corpus, None) for corpus in corpora]
+        self.pool = [ids[start:start + length] for shift in range(0, length, self.SHIFT) for ids in texts
+                     for start in range(shift, len(ids) - length + 1, length)]
         self.next = 0
 
     def take(self, count: int, text: bool) -> list:
@@ -135,12 +140,12 @@ class Windows:
             self.next += 1
             if not text:
                 out.append(window)
-            elif len(self.tokenizer(s := self.tokenizer.decode(window), add_special_tokens=False)["input_ids"]) == PROMPT:
+            elif len(self.tokenizer(s := self.tokenizer.decode(window), add_special_tokens=False)["input_ids"]) == self.length:
                 out.append(s)
         return out
 
 
-def _qmx(url: str, windows: Windows, concurrency: int, requests: int, text: bool) -> dict:
+def _qmx(url: str, windows: Windows, concurrency: int, requests: int, output: int, text: bool) -> dict:
     from jobs.serving.loadgen import LoadLevel, run_levels
     from jobs.serving.stats import summarize
 
@@ -148,11 +153,11 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, text: bool
     prompts = windows.take(1 + requests, text)
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])   # noqa: E731
     # text prompts with final usage only: vLLM's client's payload (the sweep asks for usage per chunk)
-    (run,) = run_levels(url, prompts, OUTPUT, [LoadLevel(concurrency, requests)], count, 0, 1, not text)
+    (run,) = run_levels(url, prompts, output, [LoadLevel(concurrency, requests)], count, 0, 1, not text)
     s = {k: v for k, (v, _) in summarize(run.samples, run.duration_s, 1e9, 1e9).items()}
     assert s["requests_failed"] == 0, [x.error for x in run.samples if not x.ok][:3]
     # token ids go in as sent; text is tokenized by the server, which may add a BOS (Gemma, Llama)
-    want = [len(tokenizer(p)["input_ids"]) if text else PROMPT for p in prompts[1:]]
+    want = [len(tokenizer(p)["input_ids"]) if text else windows.length for p in prompts[1:]]
     assert [x.prompt_tokens for x in run.samples] == want, {x.prompt_tokens for x in run.samples}
     return {"ttft_p50": s["ttft_ms_p50"], "ttft_p99": s["ttft_ms_p99"], "tpot_p50": s["tpot_ms_p50"],
             "tpot_p99": s["tpot_ms_p99"], "req_s": s["request_throughput"], "tok_s": s["output_tokens_per_s"],
@@ -191,6 +196,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=CLIENTS)
     ap.add_argument("--throughput-rounds", type=int, default=None, help="default: --rounds")
+    ap.add_argument("--input-len", type=int, default=PROMPT, help="served prompt tokens")
+    ap.add_argument("--output-len", type=int, default=OUTPUT, help="served new tokens")
     a = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -228,12 +235,13 @@ def main() -> None:
                      "wall_s": time.perf_counter() - t})
         print(json.dumps(rows[-1]), flush=True)
 
-    windows = Windows(tokenizer)
+    windows = Windows(tokenizer, a.input_len)
     served = {
         # a seed per round and level: vLLM's random dataset repeats its prompts under one seed
-        "bench": lambda r, c, n: _bench(server.url, a.model, c, n, out, f"bench-r{r}-c{c}", seed=r * 10_000 + c),
-        "qmx": lambda r, c, n: _qmx(server.url, windows, c, n, text=False),
-        "qmx-text": lambda r, c, n: _qmx(server.url, windows, c, n, text=True),
+        "bench": lambda r, c, n: _bench(server.url, a.model, c, n, out, f"bench-r{r}-c{c}", a.input_len,
+                                        a.output_len, seed=r * 10_000 + c),
+        "qmx": lambda r, c, n: _qmx(server.url, windows, c, n, a.output_len, text=False),
+        "qmx-text": lambda r, c, n: _qmx(server.url, windows, c, n, a.output_len, text=True),
     }
     throughput_rounds = a.rounds if a.throughput_rounds is None else a.throughput_rounds
     try:
@@ -252,7 +260,7 @@ def main() -> None:
     finally:
         server.close()
     (out / "compare.json").write_text(json.dumps({
-        "engine_args": args, "served": {"prompt_tokens": PROMPT, "output_tokens": OUTPUT},
+        "engine_args": args, "served": {"prompt_tokens": a.input_len, "output_tokens": a.output_len},
         "throughput": {"prompts": BATCH, "prompt_tokens": PROMPT, "new_tokens": BATCH_NEW},
         "rounds": a.rounds, "rows": rows}, indent=1))
     print(f"\nServed, median (min–max) over {a.rounds} rounds, ms / req/s:")
