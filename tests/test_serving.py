@@ -98,10 +98,17 @@ def test_arrivals_are_seeded_poisson_scaled_to_the_rate():
     assert all(x < y for x, y in zip(a, a[1:])) and a[-1] == pytest.approx(10.0)
 
 
-def test_corpus_prompts_are_distinct_exact_windows():
-    prompts = corpus_prompts(list(range(100)), 16, 8)
-    assert all(len(p) == 16 for p in prompts)
-    assert len({tuple(p) for p in prompts[:6]}) == 6 and prompts[6] == prompts[0]   # 6 windows, then wrap
+def test_corpus_prompts_never_repeat_a_start_so_no_prefill_is_cached():
+    prompts = corpus_prompts(list(range(100)), 16, 6)
+    assert prompts == [list(range(16 * i, 16 * i + 16)) for i in range(6)]     # consecutive while they last
+    long = corpus_prompts(list(range(3000)), 128, 40)
+    assert all(p == list(range(p[0], p[0] + 128)) for p in long)
+    # 23 consecutive windows, then shifted copies: 40 distinct first tokens, so 40 distinct first blocks
+    assert [p[0] for p in long[:25]] == [128 * i for i in range(23)] + [64, 192]
+    assert len({p[0] for p in long}) == 40
+    assert len(corpus_prompts(list(range(1000)), 128)) == 7 * 2     # shifts 0 and 64 fit in 128 tokens
+    with pytest.raises(ValueError, match="14 distinct prompts of 128 tokens, 15 needed"):
+        corpus_prompts(list(range(1000)), 128, 15)
 
 
 # --- the load generator against a scripted server ---------------------------------------------

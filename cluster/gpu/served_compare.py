@@ -58,8 +58,12 @@ BATCH, BATCH_NEW = 256, 128
 CLIENTS = ("bench", "qmx", "qmx-text")
 FIGURES = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "req_s", "tok_s")
 # vLLM's histograms whose sum/count deltas over a run are the server's mean TTFT and TPOT (seconds)
+# and, to split the server's TTFT: engine-side queue (queued to scheduled) and prefill (scheduled to first
+# token); the rest is the API server's (rendering, tokenizing a text prompt, IPC to and from the engine)
 SERVER_HISTOGRAMS = {"server_ttft_mean": "vllm:time_to_first_token_seconds",
-                     "server_tpot_mean": "vllm:request_time_per_output_token_seconds"}
+                     "server_tpot_mean": "vllm:request_time_per_output_token_seconds",
+                     "server_queue_mean": "vllm:request_queue_time_seconds",
+                     "server_prefill_mean": "vllm:request_prefill_time_seconds"}
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -114,21 +118,16 @@ def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path,
 
 
 class Windows:
-    """Corpus windows of `length` tokens, each handed out once (so no prefill is served from vLLM's prefix
-    cache): as token ids, or decoded to text when the text re-encodes to exactly the same count. The
-    consecutive windows first, then the same shifted by 64 tokens, and so on: a shifted window starts with
-    tokens no earlier prompt started with, and vLLM's prefix-cache hash chains from the first block, so
-    none of its blocks is a hit (the ~108 k corpus tokens give ~1,700 prompts of any length)."""
-
-    SHIFT = 64
+    """Corpus windows of `length` tokens (jobs.serving.loadgen.corpus_prompts: no two start at the same
+    token, so none is served from vLLM's prefix cache), each handed out once: as token ids, or decoded to
+    text when the text re-encodes to exactly the same count (~108 k corpus tokens: ~1,700 prompts)."""
 
     def __init__(self, tokenizer, length: int,
                  corpora: tuple[str, ...] = ("evals-wikipedia", "evals-openwebtext", "evals-c4")):
         from jobs.evaluate.perplexity import corpus_token_ids
+        from jobs.serving.loadgen import corpus_prompts
         self.tokenizer, self.length = tokenizer, length
-        texts = [corpus_token_ids(tokenizer, corpus, None) for corpus in corpora]
-        self.pool = [ids[start:start + length] for shift in range(0, length, self.SHIFT) for ids in texts
-                     for start in range(shift, len(ids) - length + 1, length)]
+        self.pool = [w for corpus in corpora for w in corpus_prompts(corpus_token_ids(tokenizer, corpus, None), length)]
         self.next = 0
 
     def take(self, count: int, text: bool) -> list:
@@ -298,6 +297,19 @@ def main() -> None:
                     lambda x: x["ttft_mean"], lambda x: x["server_ttft_mean"],
                     lambda x: x["ttft_mean"] - x["server_ttft_mean"], lambda x: x["tpot_mean"],
                     lambda x: x["server_tpot_mean"], lambda x: x["tpot_mean"] - x["server_tpot_mean"])]
+                print(f"| {client} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    print("\nThe server's mean TTFT split, ms, median over rounds (rest: API server, tokenizing text, IPC):")
+    print("| client | conc | TTFT | queue | prefill | rest |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for c in a.concurrency:
+        for client in a.clients:
+            mine = [x for x in rows if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c
+                    and all(k in x for k in ("server_ttft_mean", "server_queue_mean", "server_prefill_mean"))]
+            if mine:
+                cells = [statistics.median(f(x) for x in mine) for f in (
+                    lambda x: x["server_ttft_mean"], lambda x: x["server_queue_mean"],
+                    lambda x: x["server_prefill_mean"],
+                    lambda x: x["server_ttft_mean"] - x["server_queue_mean"] - x["server_prefill_mean"])]
                 print(f"| {client} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     print(f"\nThroughput, {BATCH} prompts x {PROMPT} in / {BATCH_NEW} out, output tok/s, median (min–max):")
     for client in [*batches, "bench-serve-256"]:

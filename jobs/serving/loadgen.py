@@ -38,12 +38,23 @@ class LevelRun:
     duration_s: float                      # first send -> last response
 
 
-def corpus_prompts(token_ids: Sequence[int], prompt_tokens: int, count: int) -> list[list[int]]:
-    """`count` windows of exactly `prompt_tokens` tokens, consecutive and distinct while the text lasts."""
-    windows = len(token_ids) // prompt_tokens
-    if windows == 0:
-        raise ValueError(f"corpus has {len(token_ids)} tokens, fewer than one prompt of {prompt_tokens}")
-    return [list(token_ids[(i % windows) * prompt_tokens:(i % windows + 1) * prompt_tokens]) for i in range(count)]
+PREFIX_SHIFT = 64      # tokens between the starts of a window and its shifted copy
+
+
+def corpus_prompts(token_ids: Sequence[int], prompt_tokens: int, count: int | None = None) -> list[list[int]]:
+    """`count` windows of exactly `prompt_tokens` tokens (None: every one), no two starting at the same
+    token: the consecutive windows while the text lasts, then the same shifted by PREFIX_SHIFT tokens, and
+    so on. vLLM's prefix cache hashes blocks chained from a prompt's first token, so a prompt that starts
+    where no earlier one did has no cached prefill; a repeated prompt would be served from the cache and
+    read as a fast TTFT (2026-12-02: the 7B spec's c=128 level reused 109 of its 128 prompts)."""
+    starts = [start for shift in range(0, prompt_tokens, PREFIX_SHIFT)
+              for start in range(shift, len(token_ids) - prompt_tokens + 1, prompt_tokens)]
+    count = len(starts) if count is None else count
+    if count > len(starts):
+        raise ValueError(f"corpus has {len(token_ids)} tokens: {len(starts)} distinct prompts of {prompt_tokens} "
+                         f"tokens, {count} needed (warm-up + requests_per_level x levels): fewer requests or "
+                         "shorter prompts")
+    return [list(token_ids[start:start + prompt_tokens]) for start in starts[:count]]
 
 
 def arrival_times(count: int, rate: float, seed: int) -> list[float]:
