@@ -186,6 +186,28 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):.4g} ({min(values):.4g}–{max(values):.4g})"
 
 
+def medians(rows: list[dict], levels: list[int], clients: list[str], title: str, columns: list) -> None:
+    """A Markdown table, one row per client and level: each (name, figure) column's median over the rounds
+    whose rows hold every figure it reads (a run the server's /metrics missed is left out)."""
+    print(f"\n{title}")
+    print("| client | conc | " + " | ".join(name for name, _ in columns) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
+    for c in levels:
+        for client in clients:
+            values = []
+            for _, figure in columns:
+                got = []
+                for x in rows:
+                    if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c:
+                        try:
+                            got.append(figure(x))
+                        except KeyError:
+                            pass
+                values.append(f"{statistics.median(got):.3f}" if got else "–")
+            if any(v != "–" for v in values):
+                print(f"| {client} | {c} | " + " | ".join(values) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -285,32 +307,17 @@ def main() -> None:
                 if ratios:
                     per_round = " ".join(f"{x:+.1%}" for x in ratios)
                     print(f"| {client} | {c} | {figure} | {statistics.median(ratios):+.1%} | {per_round} |")
-    print("\nAgainst the server's own means (vLLM's histograms over the run), ms, median over rounds:")
-    print("| client | conc | TTFT mean | server's | client - server | TPOT mean | server's | client - server |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for c in a.concurrency:
-        for client in a.clients:
-            mine = [x for x in rows if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c
-                    and "server_ttft_mean" in x and "server_tpot_mean" in x]
-            if mine:
-                cells = [statistics.median(f(x) for x in mine) for f in (
-                    lambda x: x["ttft_mean"], lambda x: x["server_ttft_mean"],
-                    lambda x: x["ttft_mean"] - x["server_ttft_mean"], lambda x: x["tpot_mean"],
-                    lambda x: x["server_tpot_mean"], lambda x: x["tpot_mean"] - x["server_tpot_mean"])]
-                print(f"| {client} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
-    print("\nThe server's mean TTFT split, ms, median over rounds (rest: API server, tokenizing text, IPC):")
-    print("| client | conc | TTFT | queue | prefill | rest |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for c in a.concurrency:
-        for client in a.clients:
-            mine = [x for x in rows if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c
-                    and all(k in x for k in ("server_ttft_mean", "server_queue_mean", "server_prefill_mean"))]
-            if mine:
-                cells = [statistics.median(f(x) for x in mine) for f in (
-                    lambda x: x["server_ttft_mean"], lambda x: x["server_queue_mean"],
-                    lambda x: x["server_prefill_mean"],
-                    lambda x: x["server_ttft_mean"] - x["server_queue_mean"] - x["server_prefill_mean"])]
-                print(f"| {client} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    medians(rows, a.concurrency, a.clients, "Against the server's own means (vLLM's histograms over the run), ms, "
+            "median over rounds:", [
+                ("TTFT mean", lambda x: x["ttft_mean"]), ("server's", lambda x: x["server_ttft_mean"]),
+                ("client - server", lambda x: x["ttft_mean"] - x["server_ttft_mean"]),
+                ("TPOT mean", lambda x: x["tpot_mean"]), ("server's", lambda x: x["server_tpot_mean"]),
+                ("client - server", lambda x: x["tpot_mean"] - x["server_tpot_mean"])])
+    medians(rows, a.concurrency, a.clients, "The server's mean TTFT split, ms, median over rounds (rest: API "
+            "server, tokenizing text, IPC):", [
+                ("TTFT", lambda x: x["server_ttft_mean"]), ("queue", lambda x: x["server_queue_mean"]),
+                ("prefill", lambda x: x["server_prefill_mean"]),
+                ("rest", lambda x: x["server_ttft_mean"] - x["server_queue_mean"] - x["server_prefill_mean"])])
     print(f"\nThroughput, {BATCH} prompts x {PROMPT} in / {BATCH_NEW} out, output tok/s, median (min–max):")
     for client in [*batches, "bench-serve-256"]:
         mine = [x["tok_s"] for x in rows if x["kind"] == "throughput" and x["client"] == client]
