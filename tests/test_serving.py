@@ -107,8 +107,12 @@ def test_corpus_prompts_never_repeat_a_start_so_no_prefill_is_cached():
     assert [p[0] for p in long[:25]] == [128 * i for i in range(23)] + [64, 192]
     assert len({p[0] for p in long}) == 40
     assert len(corpus_prompts(list(range(1000)), 128)) == 7 * 2     # shifts 0 and 64 fit in 128 tokens
-    with pytest.raises(ValueError, match="14 distinct prompts of 128 tokens, 15 needed"):
+    with pytest.raises(ValueError, match="14 distinct prompts of 128 tokens, 15 asked for"):
         corpus_prompts(list(range(1000)), 128, 15)
+    with pytest.raises(ValueError, match="3 distinct prompts of 32 tokens, 4 asked for"):   # < 64: no shifts
+        corpus_prompts(list(range(100)), 32, 4)
+    with pytest.raises(ValueError, match="fewer than one prompt of 128"):
+        corpus_prompts(list(range(100)), 128)
 
 
 # --- the load generator against a scripted server ---------------------------------------------

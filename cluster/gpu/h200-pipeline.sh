@@ -58,7 +58,7 @@ run_step() {
     compare-c1) step compare-c1 env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_S:-600}" \
                   COMPARE_ARGS="--concurrency 1 --requests 50 --rounds 5 --throughput-rounds 0" \
                   bash cluster/gpu/run.sh compare ;;
-    compare-7b) step compare-7b env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_7B_S:-760}" COMPARE_MODEL=/tmp/models/llama7b \
+    compare-7b) step compare-7b env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_7B_S:-900}" COMPARE_MODEL=/tmp/models/llama7b \
                   COMPARE_ARGS="--concurrency 1 --requests 30 --rounds 5 --throughput-rounds 0 --input-len 1024 --output-len 128" \
                   bash cluster/gpu/run.sh compare ;;
     llama7b-bf16) step llama7b-bf16 env SPEC=cluster/gpu/h200-llama7b-bf16.yaml bash cluster/gpu/run.sh "${L7B_S:-300}" ;;

@@ -12,12 +12,13 @@ rounds, each running every client back to back at every level (in an order rotat
 server's drift between runs (23 % between two `vllm bench serve` runs minutes apart on 2026-12-01)
 shows as a spread that the clients share instead of as a client difference. No prompt is sent twice
 (vLLM's prefix cache would serve its prefill): the quantmatrix clients take fresh corpus windows per
-run, `vllm bench serve` a fresh seed per round.
+run, `vllm bench serve` a fresh seed per round. One exception is vLLM's own: its warm-up request is its
+first prompt, sent again in the run, so 1 of its requests per run finds its prefill cached.
   bench     `vllm bench serve` (random token prompts sent as text, final usage only, 1 warm-up request)
   qmx       quantmatrix's load generator as the sweep runs it (corpus windows as token ids, usage with
             every chunk)
   qmx-text  the same load generator with vLLM's client's payload: the same kind of corpus windows
-            decoded to text (only windows that re-encode to exactly 128 tokens), which the server
+            decoded to text (only windows that re-encode to exactly `--input-len` tokens), which the server
             tokenizes, and final usage only: what is left between it and `bench` is the client itself
 
 Throughput, 256 prompts x 128 tokens in and out, EOS ignored (the sweep's `batch_prompts` metric):
@@ -85,8 +86,8 @@ def _scrape(url: str) -> dict[str, float]:
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
             return parse_metrics(r.read().decode())
-    except OSError as err:     # the server's view is a reference: without it the clients' figures still stand
-        print(f"/metrics not read: {err}", flush=True)
+    except Exception as err:     # the server's view is a reference: without it the clients' figures still stand
+        print(f"/metrics not read: {type(err).__name__}: {err}", flush=True)
         return {}
 
 
@@ -160,8 +161,7 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, output: in
     assert [x.prompt_tokens for x in run.samples] == want, {x.prompt_tokens for x in run.samples}
     return {"ttft_p50": s["ttft_ms_p50"], "ttft_p99": s["ttft_ms_p99"], "tpot_p50": s["tpot_ms_p50"],
             "tpot_p99": s["tpot_ms_p99"], "req_s": s["request_throughput"], "tok_s": s["output_tokens_per_s"],
-            "ttft_mean": 1000 * statistics.fmean(x.ttft_s for x in run.samples),
-            "tpot_mean": 1000 * statistics.fmean(x.tpot_s for x in run.samples), "duration_s": run.duration_s}
+            "ttft_mean": s["ttft_ms_mean"], "tpot_mean": s["tpot_ms_mean"], "duration_s": run.duration_s}
 
 
 def _batch(url: str, prompts: list[list[int]], temperature: float) -> dict:

@@ -49,11 +49,12 @@ def corpus_prompts(token_ids: Sequence[int], prompt_tokens: int, count: int | No
     read as a fast TTFT (2026-12-02: the 7B spec's c=128 level reused 109 of its 128 prompts)."""
     starts = [start for shift in range(0, prompt_tokens, PREFIX_SHIFT)
               for start in range(shift, len(token_ids) - prompt_tokens + 1, prompt_tokens)]
+    if not starts:
+        raise ValueError(f"corpus has {len(token_ids)} tokens, fewer than one prompt of {prompt_tokens}")
     count = len(starts) if count is None else count
-    if count > len(starts):
+    if not 0 <= count <= len(starts):
         raise ValueError(f"corpus has {len(token_ids)} tokens: {len(starts)} distinct prompts of {prompt_tokens} "
-                         f"tokens, {count} needed (warm-up + requests_per_level x levels): fewer requests or "
-                         "shorter prompts")
+                         f"tokens, {count} asked for: fewer requests or shorter prompts")
     return [list(token_ids[start:start + prompt_tokens]) for start in starts[:count]]
 
 
