@@ -207,10 +207,12 @@ def test_unmerged_quantized_cells_apply_the_adapter_on_the_quantized_base(adapte
     # nats; 0.18 on the 16-bit base); perplexity alone can barely move (gptq: -1.1 % in one build, -0.3 % in another)
     for method, (_, _, shift) in figures.items():
         assert shift > 0.05, (method, figures[method])
-    # merged before NF4 the adapter goes through NF4's rounding (its weight deltas are ~1/7 of NF4's error),
-    # unmerged it runs at 16 bits beside the 4-bit base: the two cells differ. How much the rounding keeps
-    # depends on the CPU's kernels: merged vs the NF4 base measured +0.01 % on AVX-512 and -2.4 % on AVX2,
-    # unmerged +1.9 % and +1.6 %, so only the difference between merged and unmerged is asserted
-    _, unmerged_nf4, _ = figures["nf4"]
+    # merged before NF4, this adapter goes through NF4's rounding (its weight deltas are ~1/7 of NF4's error),
+    # unmerged it runs at 16 bits beside the 4-bit base. How much of it the rounding keeps depends on the CPU's
+    # kernels: merged vs the NF4 base measured +0.01 % on AVX-512 (mostly lost) and -2.4 % on AVX2, where
+    # 2 runs gave the same figure to the last digit; unmerged +1.9 % and +1.6 %
+    base_nf4, unmerged_nf4, _ = figures["nf4"]
     merged_nf4 = rows["nf4 w4"]["perplexity"]
+    if "AVX512" in torch.backends.cpu.get_cpu_capability():
+        assert abs(merged_nf4 / base_nf4 - 1) < abs(unmerged_nf4 / base_nf4 - 1) / 4
     assert abs(unmerged_nf4 / merged_nf4 - 1) > 0.005

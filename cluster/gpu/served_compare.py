@@ -7,8 +7,7 @@ Starts the server exactly as a sweep's vLLM cell does (jobs.engines.vllm.engine_
 caches), but outside Ray. Then, on that one server:
 
 Served latency, closed loop, `--input-len`-token prompts (128), `--output-len` new tokens (64), EOS ignored,
-greedy; `--rounds`
-rounds, each running every client back to back at every level (in an order rotated per round), so the
+greedy; `--rounds` rounds, each running every client back to back at every level (in an order rotated per round), so the
 server's drift between runs (23 % between two `vllm bench serve` runs minutes apart on 2026-12-01)
 shows as a spread that the clients share instead of as a client difference. No prompt is sent twice
 (vLLM's prefix cache would serve its prefill): the quantmatrix clients take fresh corpus windows per
@@ -186,26 +185,20 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):.4g} ({min(values):.4g}–{max(values):.4g})"
 
 
-def medians(rows: list[dict], levels: list[int], clients: list[str], title: str, columns: list) -> None:
+def medians(rows: list[dict], levels: list[int], clients: list[str], title: str, needs: tuple[str, ...],
+            columns: list) -> None:
     """A Markdown table, one row per client and level: each (name, figure) column's median over the rounds
-    whose rows hold every figure it reads (a run the server's /metrics missed is left out)."""
+    whose served rows hold every key in `needs` (a run the server's /metrics missed is left out)."""
     print(f"\n{title}")
     print("| client | conc | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for c in levels:
         for client in clients:
-            values = []
-            for _, figure in columns:
-                got = []
-                for x in rows:
-                    if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c:
-                        try:
-                            got.append(figure(x))
-                        except KeyError:
-                            pass
-                values.append(f"{statistics.median(got):.3f}" if got else "–")
-            if any(v != "–" for v in values):
-                print(f"| {client} | {c} | " + " | ".join(values) + " |")
+            mine = [x for x in rows if x["kind"] == "served" and x["client"] == client and x["concurrency"] == c
+                    and all(k in x for k in needs)]
+            if mine:
+                cells = (statistics.median(figure(x) for x in mine) for _, figure in columns)
+                print(f"| {client} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
 
 
 def main() -> None:
@@ -308,13 +301,13 @@ def main() -> None:
                     per_round = " ".join(f"{x:+.1%}" for x in ratios)
                     print(f"| {client} | {c} | {figure} | {statistics.median(ratios):+.1%} | {per_round} |")
     medians(rows, a.concurrency, a.clients, "Against the server's own means (vLLM's histograms over the run), ms, "
-            "median over rounds:", [
+            "median over rounds:", ("ttft_mean", "server_ttft_mean", "tpot_mean", "server_tpot_mean"), [
                 ("TTFT mean", lambda x: x["ttft_mean"]), ("server's", lambda x: x["server_ttft_mean"]),
                 ("client - server", lambda x: x["ttft_mean"] - x["server_ttft_mean"]),
                 ("TPOT mean", lambda x: x["tpot_mean"]), ("server's", lambda x: x["server_tpot_mean"]),
                 ("client - server", lambda x: x["tpot_mean"] - x["server_tpot_mean"])])
     medians(rows, a.concurrency, a.clients, "The server's mean TTFT split, ms, median over rounds (rest: API "
-            "server, tokenizing text, IPC):", [
+            "server, tokenizing text, IPC):", ("server_ttft_mean", "server_queue_mean", "server_prefill_mean"), [
                 ("TTFT", lambda x: x["server_ttft_mean"]), ("queue", lambda x: x["server_queue_mean"]),
                 ("prefill", lambda x: x["server_prefill_mean"]),
                 ("rest", lambda x: x["server_ttft_mean"] - x["server_queue_mean"] - x["server_prefill_mean"])])
