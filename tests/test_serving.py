@@ -259,14 +259,21 @@ def test_loadgen_reads_the_servers_own_ttft_and_tpot(tmp_path):
         server.terminate()
         server.wait()
 
-def test_served_compare_reads_the_servers_means_from_prometheus_histograms():
-    """served_compare's server-side reference: the deltas of vLLM's TTFT and per-request TPOT histograms
-    between two scrapes, summed over engines, as ms means; buckets and other metrics are not counted."""
+
+@pytest.fixture(scope="module")
+def served_compare():
+    """cluster/gpu/served_compare.py, a script outside the package, as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("served_compare", ROOT / "cluster/gpu/served_compare.py")
-    served_compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(served_compare)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_served_compare_reads_the_servers_means_from_prometheus_histograms(served_compare):
+    """served_compare's server-side reference: the deltas of vLLM's TTFT and per-request TPOT histograms
+    between two scrapes, summed over engines, as ms means; buckets and other metrics are not counted."""
 
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -297,6 +304,26 @@ def test_served_compare_reads_the_servers_means_from_prometheus_histograms():
     assert means["server_ttft_mean"] == pytest.approx(18.0) and means["server_ttft_mean_requests"] == 50
     assert means["server_tpot_mean"] == pytest.approx(5.0)
     assert served_compare._server_means({}, after) == {}       # no first scrape: no figure, not a cumulative one
+
+
+def test_served_compare_summarizes_the_gpu_samples_inside_a_runs_window(served_compare):
+    """served_compare's GPU view: nvidia-smi's CSV lines (its local-time stamps, `nounits`) are read back
+    and only the samples inside a run's wall-clock window count; a cut or unreported line is skipped."""
+    import datetime
+
+    t0 = datetime.datetime(2026, 12, 2, 19, 30, 0)
+    stamp = lambda s: (t0 + datetime.timedelta(seconds=s)).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]   # noqa: E731
+    lines = [f"{stamp(0.0)}, 345, 3201, 80.5, 31, 0",           # idle, before the run
+             f"{stamp(1.0)}, 1980, 3201, 600.0, 40, 100",
+             f"{stamp(1.1)}, 1800, 3201, 500.0, 42, 90",
+             f"{stamp(1.2)}, [N/A], 3201, 500.0, 42, 90",        # a field the GPU did not report
+             f"{stamp(1.3)}, 1700, 32",                          # a line cut mid-write
+             f"{stamp(5.0)}, 345, 3201, 80.0, 35, 0"]            # idle again, after it
+    csv, start = "\n".join(lines) + "\n", t0.timestamp()
+    got = served_compare.gpu_during(csv, start + 0.5, start + 2.0)
+    assert got == pytest.approx({"sm_mhz_mean": 1890.0, "sm_mhz_min": 1800.0, "power_w_mean": 550.0,
+                                 "temp_c_max": 42.0, "gpu_util_mean": 95.0, "gpu_samples": 2})
+    assert served_compare.gpu_during(csv, start + 2.0, start + 4.0) == {}      # no sample in the window
 
 
 # --- the transformers server on real models ----------------------------------------------------

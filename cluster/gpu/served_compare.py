@@ -1,7 +1,8 @@
 """quantmatrix's served and throughput clients beside vLLM's own, on ONE `vllm serve`, in rounds.
 
     python3 cluster/gpu/served_compare.py MODEL_DIR OUT_DIR [--concurrency 1 32] [--requests 50 200] [--rounds 3]
-        [--clients bench qmx qmx-text] [--throughput-rounds N] [--input-len 128] [--output-len 64]
+        [--clients bench qmx qmx-text qmx-idle] [--throughput-rounds N] [--input-len 128] [--output-len 64]
+        [--idle-s 25]
 
 Starts the server exactly as a sweep's vLLM cell does (jobs.engines.vllm.engine_args, the node's
 caches), but outside Ray. Then, on that one server:
@@ -19,6 +20,8 @@ first prompt, sent again in the run, so 1 of its requests per run finds its pref
   qmx-text  the same load generator with vLLM's client's payload: the same kind of corpus windows
             decoded to text (only windows that re-encode to exactly `--input-len` tokens), which the server
             tokenizes, and final usage only: what is left between it and `bench` is the client itself
+  qmx-idle  `qmx` after the server has idled `--idle-s` seconds, as it does while `vllm bench serve`'s
+            process imports (~25 s on the H200 host): what is left between it and `qmx` is the idle gap
 
 Throughput, 256 prompts x 128 tokens in and out, EOS ignored (the sweep's `batch_prompts` metric):
   qmx-batch           the sweep's request: 256 corpus token-id prompts in one completions request, greedy
@@ -35,11 +38,17 @@ Beside each served run, the server's own view: the deltas of vLLM's Prometheus h
 as means, against each client's means: the client's offset from the server is its own overhead, so two
 clients are compared on what they add, not only on each other (each delta holds the run's warm-up request).
 
+Beside each served run, the GPU's own state: nvidia-smi sampled every 100 ms (gpu.csv), as the mean
+and lowest SM clock and the mean power over the run's window (`duration_s` up to its last response; for
+`bench`, up to its result file's time), and the run's per-request TTFTs (`ttfts_ms`; vLLM's from
+--save-detailed): a slow start after an idle gap shows as the first requests' TTFT against the rest's.
+
 Prints tables with the median and range over rounds and writes compare.json (and vLLM's result files).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import random
 import statistics
@@ -55,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 PROMPT, OUTPUT = 128, 64
 BATCH, BATCH_NEW = 256, 128
-CLIENTS = ("bench", "qmx", "qmx-text")
+CLIENTS = ("bench", "qmx", "qmx-text", "qmx-idle")
 FIGURES = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "req_s", "tok_s")
 # vLLM's histograms whose sum/count deltas over a run are the server's mean TTFT and TPOT (seconds)
 # and, to split the server's TTFT: engine-side queue (queued to scheduled) and prefill (scheduled to first
@@ -101,6 +110,52 @@ def _server_means(before: dict[str, float], after: dict[str, float]) -> dict[str
     return out
 
 
+GPU_FIELDS = "timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu"
+
+
+def gpu_during(csv: str, t0: float, t1: float) -> dict[str, float]:
+    """nvidia-smi's GPU_FIELDS lines (`--format=csv,noheader,nounits`) inside the wall-clock window t0..t1,
+    summarized; {} when none is (a cut line, or one with a field the GPU does not report, is skipped)."""
+    rows = []
+    for line in csv.splitlines():
+        try:
+            stamp, sm, _mem, power, temp, util = (x.strip() for x in line.split(","))
+            # nvidia-smi stamps local time, as datetime.timestamp() reads it
+            t = datetime.datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            rows.append((t, float(sm), float(power), float(temp), float(util)))
+        except ValueError:
+            continue
+    mine = [r for r in rows if t0 <= r[0] <= t1]
+    if not mine:
+        return {}
+    return {"sm_mhz_mean": statistics.mean(r[1] for r in mine), "sm_mhz_min": min(r[1] for r in mine),
+            "power_w_mean": statistics.mean(r[2] for r in mine), "temp_c_max": max(r[3] for r in mine),
+            "gpu_util_mean": statistics.mean(r[4] for r in mine), "gpu_samples": len(mine)}
+
+
+class GpuSamples:
+    """nvidia-smi sampling the GPU every 100 ms into a CSV for the script's life; without nvidia-smi
+    there are no samples and `during` returns {}."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={GPU_FIELDS}", "--format=csv,noheader,nounits",
+                                          "-lms", "100", "-f", str(path)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        except OSError as err:
+            print(f"no GPU samples: {err}", flush=True)
+            self.proc = None
+
+    def during(self, t0: float, t1: float) -> dict[str, float]:
+        return gpu_during(self.path.read_text(), t0, t1) if self.path.exists() else {}
+
+    def close(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
 def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path, name: str,
            prompt: int = PROMPT, output: int = OUTPUT, seed: int = 0) -> dict:
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
@@ -108,13 +163,14 @@ def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path,
            "--dataset-name", "random", "--random-input-len", str(prompt), "--random-output-len", str(output),
            "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--request-rate", "inf",
            "--ignore-eos", "--temperature", "0", "--num-warmups", "1", "--percentile-metrics", "ttft,tpot,itl,e2el",
-           "--metric-percentiles", "50,95,99", "--disable-tqdm", "--save-result", "--result-dir", str(out),
+           "--metric-percentiles", "50,95,99", "--disable-tqdm", "--save-result", "--save-detailed", "--result-dir", str(out),
            "--result-filename", f"{name}.json", "--seed", str(seed)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     r = json.loads((out / f"{name}.json").read_text())
     return {"ttft_p50": r["median_ttft_ms"], "ttft_p99": r["p99_ttft_ms"], "tpot_p50": r["median_tpot_ms"],
             "tpot_p99": r["p99_tpot_ms"], "req_s": r["request_throughput"], "tok_s": r["output_throughput"],
-            "ttft_mean": r["mean_ttft_ms"], "tpot_mean": r["mean_tpot_ms"], "duration_s": r["duration"]}
+            "ttft_mean": r["mean_ttft_ms"], "tpot_mean": r["mean_tpot_ms"], "duration_s": r["duration"],
+            "ttfts_ms": [1000 * t for t in r["ttfts"]], "ended_at": (out / f"{name}.json").stat().st_mtime}
 
 
 class Windows:
@@ -153,6 +209,7 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, output: in
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])   # noqa: E731
     # text prompts with final usage only: vLLM's client's payload (the sweep asks for usage per chunk)
     (run,) = run_levels(url, prompts, output, [LoadLevel(concurrency, requests)], count, 0, 1, not text)
+    ended_at = time.time()
     s = {k: v for k, (v, _) in summarize(run.samples, run.duration_s, 1e9, 1e9).items()}
     assert s["requests_failed"] == 0, [x.error for x in run.samples if not x.ok][:3]
     # token ids go in as sent; text is tokenized by the server, which may add a BOS (Gemma, Llama)
@@ -160,7 +217,8 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, output: in
     assert [x.prompt_tokens for x in run.samples] == want, {x.prompt_tokens for x in run.samples}
     return {"ttft_p50": s["ttft_ms_p50"], "ttft_p99": s["ttft_ms_p99"], "tpot_p50": s["tpot_ms_p50"],
             "tpot_p99": s["tpot_ms_p99"], "req_s": s["request_throughput"], "tok_s": s["output_tokens_per_s"],
-            "ttft_mean": s["ttft_ms_mean"], "tpot_mean": s["tpot_ms_mean"], "duration_s": run.duration_s}
+            "ttft_mean": s["ttft_ms_mean"], "tpot_mean": s["tpot_ms_mean"], "duration_s": run.duration_s,
+            "ttfts_ms": [1000 * x.ttft_s for x in run.samples], "ended_at": ended_at}
 
 
 def _batch(url: str, prompts: list[list[int]], temperature: float) -> dict:
@@ -212,6 +270,7 @@ def main() -> None:
     ap.add_argument("--throughput-rounds", type=int, default=None, help="default: --rounds")
     ap.add_argument("--input-len", type=int, default=PROMPT, help="served prompt tokens")
     ap.add_argument("--output-len", type=int, default=OUTPUT, help="served new tokens")
+    ap.add_argument("--idle-s", type=float, default=25.0, help="qmx-idle's wait before its run")
     a = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -225,6 +284,7 @@ def main() -> None:
     args = engine_args(cell, a.model)
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     server = start(args)
+    gpu = GpuSamples(out / "gpu.csv")
     print(f"vllm serve up in {server.start_seconds:.1f} s at {server.url}", flush=True)
     corpus = corpus_token_ids(tokenizer, "evals-wikipedia", None)
     batches = {"qmx-batch": ([corpus[i * PROMPT:(i + 1) * PROMPT] for i in range(BATCH)], 0.0),
@@ -241,6 +301,7 @@ def main() -> None:
             figures = run()
             if kind == "served":
                 figures |= _server_means(before, _scrape(server.url))
+                figures |= gpu.during(figures["ended_at"] - figures["duration_s"], figures["ended_at"])
         except Exception as err:     # one client failing must not lose the others' figures
             tail = (getattr(err, "stderr", None) or b"")[-1500:].decode(errors="replace")
             print(f"{client} round {r} c={c} failed: {type(err).__name__}: {err}\n{tail}", flush=True)
@@ -256,6 +317,7 @@ def main() -> None:
                                         a.output_len, seed=r * 10_000 + c),
         "qmx": lambda r, c, n: _qmx(server.url, windows, c, n, a.output_len, text=False),
         "qmx-text": lambda r, c, n: _qmx(server.url, windows, c, n, a.output_len, text=True),
+        "qmx-idle": lambda r, c, n: time.sleep(a.idle_s) or _qmx(server.url, windows, c, n, a.output_len, text=False),
     }
     throughput_rounds = a.rounds if a.throughput_rounds is None else a.throughput_rounds
     try:
@@ -273,6 +335,7 @@ def main() -> None:
                                   r * 10_000 + 9_999))
     finally:
         server.close()
+        gpu.close()
     (out / "compare.json").write_text(json.dumps({
         "engine_args": args, "served": {"prompt_tokens": a.input_len, "output_tokens": a.output_len},
         "throughput": {"prompts": BATCH, "prompt_tokens": PROMPT, "new_tokens": BATCH_NEW},
@@ -311,6 +374,12 @@ def main() -> None:
                 ("TTFT", lambda x: x["server_ttft_mean"]), ("queue", lambda x: x["server_queue_mean"]),
                 ("prefill", lambda x: x["server_prefill_mean"]),
                 ("rest", lambda x: x["server_ttft_mean"] - x["server_queue_mean"] - x["server_prefill_mean"])])
+    medians(rows, a.concurrency, a.clients, "The GPU over each run (nvidia-smi, 100 ms) and its requests' TTFT, "
+            "median over rounds:", ("sm_mhz_mean", "ttfts_ms"), [
+                ("SM MHz mean", lambda x: x["sm_mhz_mean"]), ("SM MHz min", lambda x: x["sm_mhz_min"]),
+                ("power W", lambda x: x["power_w_mean"]), ("GPU util %", lambda x: x["gpu_util_mean"]),
+                ("TTFT ms, first 5", lambda x: statistics.median(x["ttfts_ms"][:5])),
+                ("TTFT ms, rest", lambda x: statistics.median(x["ttfts_ms"][5:]))])
     print(f"\nThroughput, {BATCH} prompts x {PROMPT} in / {BATCH_NEW} out, output tok/s, median (min–max):")
     for client in [*batches, "bench-serve-256"]:
         mine = [x["tok_s"] for x in rows if x["kind"] == "throughput" and x["client"] == client]
