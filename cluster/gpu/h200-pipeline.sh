@@ -14,14 +14,13 @@
 #   models       the builtin models converted from GGUF (run.sh models) and the 7B-shape random Llama
 #                (make_llama7b.py) beside them, outside any cell's clock
 #   compare-7b   served_compare.py on the 7B-shape random Llama at c=1, vLLM's bench defaults (1024 in,
-#                128 out), 30 requests, 4 rounds of bench, qmx, qmx-text and qmx-idle (each client in each
-#                position once), no throughput part; its GPU-bound TPOT is the clients' common ground.
-#                2026-12-02 (-d) ran bench and qmx only: TPOT +0.2 %, TTFT -18.5 %, the server's own TTFT
-#                higher while vLLM's client drove it, and qmx's own slower right after bench's runs. Here
-#                qmx-text (text prompts, tokenized inside the server's TTFT clock), qmx-idle (after the
-#                ~25 s idle vLLM's client leaves while it imports), the split of the server's TTFT and the
-#                GPU's clocks over each run tell payload, idle and server apart (~800 s: a cold 7B start,
-#                then 4 rounds of ~140 s)
+#                128 out), 30 requests, 4 rounds of bench, bench-text, qmx and qmx-text (each client in
+#                each position once), no throughput part; its GPU-bound TPOT is the clients' common ground.
+#                2026-12-02 (-e, 20 requests, with qmx-idle): TPOT +0.2 %; TTFT -13.9 % as the sweep sends
+#                (token ids skip the server's 2.6 ms of tokenizing) and -5.6 % as qmx-text, the rest vLLM's
+#                client (+1.0 ms) and its random-token text (+0.9 ms to tokenize); no idle effect.
+#                bench-text sends qmx-text's kind of prompts through vLLM's client: the clients alone
+#                (~700 s: a cold 7B start, then 4 rounds of ~120 s)
 # and the steps of earlier runs:
 #   compare-c1   served_compare.py at concurrency 1 only, 5 rounds of `vllm bench serve`, quantmatrix's
 #                client and quantmatrix's client with vLLM's payload (text prompts, final usage), no
@@ -61,8 +60,8 @@ run_step() {
     compare-c1) step compare-c1 env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_S:-600}" \
                   COMPARE_ARGS="--concurrency 1 --requests 50 --rounds 5 --throughput-rounds 0" \
                   bash cluster/gpu/run.sh compare ;;
-    compare-7b) step compare-7b env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_7B_S:-1000}" COMPARE_MODEL=/tmp/models/llama7b \
-                  COMPARE_ARGS="--concurrency 1 --requests ${COMPARE_7B_REQUESTS:-30} --rounds 4 --throughput-rounds 0 --input-len 1024 --output-len 128 --clients bench qmx qmx-text qmx-idle" \
+    compare-7b) step compare-7b env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_7B_S:-900}" COMPARE_MODEL=/tmp/models/llama7b \
+                  COMPARE_ARGS="--concurrency 1 --requests ${COMPARE_7B_REQUESTS:-30} --rounds 4 --throughput-rounds 0 --input-len 1024 --output-len 128 --clients bench bench-text qmx qmx-text" \
                   bash cluster/gpu/run.sh compare ;;
     llama7b-bf16) step llama7b-bf16 env SPEC=cluster/gpu/h200-llama7b-bf16.yaml bash cluster/gpu/run.sh "${L7B_S:-300}" ;;
     bench7b)    step bench7b env BENCH_MODEL=/tmp/models/llama7b BENCH_TIMEOUT=300 bash cluster/gpu/run.sh bench ;;

@@ -1,7 +1,7 @@
 """quantmatrix's served and throughput clients beside vLLM's own, on ONE `vllm serve`, in rounds.
 
     python3 cluster/gpu/served_compare.py MODEL_DIR OUT_DIR [--concurrency 1 32] [--requests 50 200] [--rounds 3]
-        [--clients bench qmx qmx-text qmx-idle] [--throughput-rounds N] [--input-len 128] [--output-len 64]
+        [--clients bench bench-text qmx qmx-text qmx-idle] [--throughput-rounds N] [--input-len 128] [--output-len 64]
         [--idle-s 25]
 
 Starts the server exactly as a sweep's vLLM cell does (jobs.engines.vllm.engine_args, the node's
@@ -15,6 +15,8 @@ shows as a spread that the clients share instead of as a client difference. No p
 run, `vllm bench serve` a fresh seed per round. One exception is vLLM's own: its warm-up request is its
 first prompt, sent again in the run, so 1 of its requests per run finds its prefill cached.
   bench     `vllm bench serve` (random token prompts sent as text, final usage only, 1 warm-up request)
+  bench-text  `vllm bench serve` sending qmx-text's kind of prompts (fresh corpus windows as text, its
+            `custom` dataset, no chat template): what is left between it and `qmx-text` is the two clients
   qmx       quantmatrix's load generator as the sweep runs it (corpus windows as token ids, usage with
             every chunk)
   qmx-text  the same load generator with vLLM's client's payload: the same kind of corpus windows
@@ -64,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 PROMPT, OUTPUT = 128, 64
 BATCH, BATCH_NEW = 256, 128
-CLIENTS = ("bench", "qmx", "qmx-text", "qmx-idle")
+CLIENTS = ("bench", "bench-text", "qmx", "qmx-text", "qmx-idle")
 FIGURES = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "req_s", "tok_s")
 # vLLM's histograms whose sum/count deltas over a run are the server's mean TTFT and TPOT (seconds)
 # and, to split the server's TTFT: engine-side queue (queued to scheduled) and prefill (scheduled to first
@@ -157,11 +159,18 @@ class GpuSamples:
 
 
 def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path, name: str,
-           prompt: int = PROMPT, output: int = OUTPUT, seed: int = 0) -> dict:
+           prompt: int = PROMPT, output: int = OUTPUT, seed: int = 0, texts: list[str] | None = None) -> dict:
+    """`vllm bench serve`: its random dataset, or with `texts` these prompts (its custom dataset, in order)."""
+    if texts is None:
+        dataset = ["--dataset-name", "random", "--random-input-len", str(prompt), "--random-output-len", str(output)]
+    else:
+        path = out / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+        dataset = ["--dataset-name", "custom", "--dataset-path", str(path), "--custom-output-len", str(output),
+                   "--skip-chat-template", "--disable-shuffle"]
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
            "--base-url", url, "--endpoint", "/v1/completions", "--model", "cell", "--tokenizer", model_dir,
-           "--dataset-name", "random", "--random-input-len", str(prompt), "--random-output-len", str(output),
-           "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--request-rate", "inf",
+           *dataset, "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--request-rate", "inf",
            "--ignore-eos", "--temperature", "0", "--num-warmups", "1", "--percentile-metrics", "ttft,tpot,itl,e2el",
            "--metric-percentiles", "50,95,99", "--disable-tqdm", "--save-result", "--save-detailed", "--result-dir", str(out),
            "--result-filename", f"{name}.json", "--seed", str(seed)]
@@ -315,6 +324,9 @@ def main() -> None:
         # a seed per round and level: vLLM's random dataset repeats its prompts under one seed
         "bench": lambda r, c, n: _bench(server.url, a.model, c, n, out, f"bench-r{r}-c{c}", a.input_len,
                                         a.output_len, seed=r * 10_000 + c),
+        # its warm-up request is its first prompt again, as with its random dataset
+        "bench-text": lambda r, c, n: _bench(server.url, a.model, c, n, out, f"bench-text-r{r}-c{c}", a.input_len,
+                                             a.output_len, texts=windows.take(n, text=True)),
         "qmx": lambda r, c, n: _qmx(server.url, windows, c, n, a.output_len, text=False),
         "qmx-text": lambda r, c, n: _qmx(server.url, windows, c, n, a.output_len, text=True),
         "qmx-idle": lambda r, c, n: time.sleep(a.idle_s) or _qmx(server.url, windows, c, n, a.output_len, text=False),
@@ -350,19 +362,19 @@ def main() -> None:
                 cells = " | ".join(_summary([x[f] for x in mine]) for f in FIGURES[:5])
                 print(f"| {client} | {c} | {cells} |")
     print("\nPaired by round against `vllm bench serve` (client / bench - 1), median over rounds:")
-    print("| client | conc | figure | median | per round |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| client | against | conc | figure | median | per round |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    served_rows = {(x["client"], x["round"], x["concurrency"]): x for x in rows if x["kind"] == "served"}
     for c in a.concurrency:
-        for client in [x for x in a.clients if x != "bench"] if "bench" in a.clients else ():
-            for figure in ("ttft_p50", "tpot_p50"):
-                ratios = [mine[figure] / theirs[figure] - 1 for r in range(1, a.rounds + 1)
-                          for mine in rows if mine["kind"] == "served" and mine["client"] == client
-                          and mine["round"] == r and mine["concurrency"] == c
-                          for theirs in rows if theirs["kind"] == "served" and theirs["client"] == "bench"
-                          and theirs["round"] == r and theirs["concurrency"] == c]
-                if ratios:
-                    per_round = " ".join(f"{x:+.1%}" for x in ratios)
-                    print(f"| {client} | {c} | {figure} | {statistics.median(ratios):+.1%} | {per_round} |")
+        for theirs in [x for x in a.clients if x.startswith("bench")]:
+            for client in [x for x in a.clients if x.startswith("qmx")]:
+                for figure in ("ttft_p50", "tpot_p50"):
+                    ratios = [served_rows[client, r, c][figure] / served_rows[theirs, r, c][figure] - 1
+                              for r in range(1, a.rounds + 1)
+                              if (client, r, c) in served_rows and (theirs, r, c) in served_rows]
+                    if ratios:
+                        per_round = " ".join(f"{x:+.1%}" for x in ratios)
+                        print(f"| {client} | {theirs} | {c} | {figure} | {statistics.median(ratios):+.1%} | {per_round} |")
     medians(rows, a.concurrency, a.clients, "Against the server's own means (vLLM's histograms over the run), ms, "
             "median over rounds:", ("ttft_mean", "server_ttft_mean", "tpot_mean", "server_tpot_mean"), [
                 ("TTFT mean", lambda x: x["ttft_mean"]), ("server's", lambda x: x["server_ttft_mean"]),
