@@ -15,6 +15,7 @@ from analysis.generative import INTRO as GENERATIVE_INTRO
 from analysis.generative import generative_table
 from analysis.generative import render_markdown as render_generative_markdown
 from analysis.markdown import fmt, fmt_bytes, settings_line, table
+from matrix.spec import ServingSpec, absent_means
 
 DENSE = "†"
 FLAGGED = "⚠"
@@ -130,13 +131,19 @@ def render_serving_markdown(rows: list[dict]) -> str:
     return "\n".join(out).rstrip()
 
 
-def _serving_header(settings: list[str]) -> list[str]:
+_SENT = {"text": "as text (tokenized by the server, inside TTFT)", "token_ids": "as token ids (TTFT without tokenizing)"}
+_WRITTEN_BEFORE = absent_means(ServingSpec)      # what a figure stored before the field measured
+
+
+def serving_profiles(settings: list[str]) -> list[str]:
     """One line per distinct load profile: what a served row's figures are comparable under."""
     out = []
     for raw in settings:
         s = json.loads(raw)
+        sent = s.get("prompt_format", _WRITTEN_BEFORE["prompt_format"])
         out.append(f"Served by the cell's engine ({s.get('server_batching')} batching): {s.get('requests')} requests "
-                   f"per level, prompt {s.get('prompt_tokens')} tokens, {s.get('output_tokens')} output tokens; "
+                   f"per level, prompt {s.get('prompt_tokens')} tokens sent {_SENT[sent]}, "
+                   f"{s.get('output_tokens')} output tokens; "
                    f"goodput = requests/s with TTFT ≤ {s.get('sla_ttft_ms')} ms and TPOT ≤ {s.get('sla_tpot_ms')} ms.")
     return sorted(set(out))
 
@@ -175,6 +182,6 @@ def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
         out += ["", "## Generation and long context", "", GENERATIVE_INTRO, "", render_generative_markdown(generative)]
     served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
     if served:
-        out += ["", "## Served latency", "", *_serving_header([r["settings"] for r in served]), "",
+        out += ["", "## Served latency", "", *serving_profiles([r["settings"] for r in served]), "",
                 render_serving_markdown(served)]
     return "\n".join(out)

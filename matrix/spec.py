@@ -335,6 +335,18 @@ class LongContextSpec(_Strict):
         return v
 
 
+# A field added after results existed names the value that measures as it did before the field: at that
+# value it is left out of a cell's evaluation JSON (matrix.expand.evaluation_json), so a spec asking for the old
+# measurement keeps its cell ids, and where it is absent (a store written before) that value is what it means
+ID_ABSENT_AT = "id_absent_at"
+
+
+def absent_means(model: type[BaseModel]) -> dict[str, Any]:
+    """The ID_ABSENT_AT value of each of `model`'s fields that declares one."""
+    return {k: f.json_schema_extra[ID_ABSENT_AT] for k, f in model.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and ID_ABSENT_AT in f.json_schema_extra}
+
+
 class SpeedSpec(_Strict):
     prompt_tokens: int = Field(32, ge=1)
     new_tokens: int = Field(32, ge=2)
@@ -356,6 +368,11 @@ class ServingSpec(_Strict):
     sla_ttft_ms: float = Field(2000.0, gt=0)
     sla_tpot_ms: float = Field(200.0, gt=0)
     corpus: str = Field("evals-wikipedia", description="where prompts are cut from")
+    prompt_format: Literal["text", "token_ids"] = Field(
+        "text", json_schema_extra={ID_ABSENT_AT: "token_ids"},
+        description="text: each window as text that re-encodes to prompt_tokens tokens, which the server "
+                    "tokenizes inside its TTFT clock, as users' requests and `vllm bench serve`'s are; token_ids: "
+                    "the windows as ids, which skip tokenizing (the only format before this field)")
 
     _corpus = field_validator("corpus")(_known_corpus)
 
@@ -424,15 +441,16 @@ class EvaluationSpec(_Strict):
 
 
 def evaluator_settings(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """One evaluator's settings with every default filled in from its model above (declared once there),
-    so evaluators read `settings[x]` and never restate a default; an unknown key is a ValueError."""
+    """One evaluator's settings (a cell's, as evaluation_json wrote them) with every default filled in from
+    its model above (declared once there), so evaluators read `settings[x]` and never restate a default; an
+    unknown key is a ValueError."""
     field = EvaluationSpec.model_fields.get(name)
     if field is None:           # an evaluator the spec does not configure (memory)
         return dict(given)
     model = next(t for t in getattr(field.annotation, "__args__", (field.annotation,))
                  if isinstance(t, type) and issubclass(t, BaseModel))
-    try:
-        return model.model_validate(given).model_dump()
+    try:     # a field left out means what it measured before it existed, not the spec's default
+        return model.model_validate({**absent_means(model), **given}).model_dump()
     except ValidationError as err:
         raise ValueError(_format_errors(err, f"evaluation.{name}")) from None
 

@@ -109,6 +109,8 @@ def test_default_spec_expands_as_documented():
     ({"methods": [{"method": "prequantized"}]}, "methods.0.options", ["prequantized needs option checkpoint"]),
     ({"evaluation": {"serving": {"concurrency": [4, 0]}}}, "evaluation.serving.concurrency", ["at least 1"]),
     ({"evaluation": {"serving": {"request_rate": -1}}}, "evaluation.serving.request_rate", ["greater than 0"]),
+    ({"evaluation": {"serving": {"prompt_format": "ids"}}}, "evaluation.serving.prompt_format",
+     ["'text' or 'token_ids'", "'ids'"]),
     ({"evaluation": {"prompts": {"path": "no/such/file.jsonl"}}}, "evaluation.prompts.path",
      ["prompt file not found: no/such/file.jsonl"]),
     ({"resources": {"runtime_env": {"serve": {"pip": ["vllm"], "py_executable": "/opt/x/bin/python"}}}},
@@ -357,6 +359,28 @@ def test_new_fields_parse_and_reach_the_cells():
     # a GGUF model is de-quantized at load: a prequantized checkpoint is not a variant of it
     assert {s.rule for s in e.skipped} == {"gguf-prequantized"} and len(e.skipped) == 2
     assert json.loads(e.cells[0].evaluation)["serving"]["output_tokens"] == 64
+
+
+def test_serving_prompt_format_text_is_a_new_measurement_and_token_ids_keeps_the_old_ids():
+    """prompt_format came after served results existed: its default (text, tokenized inside the server's
+    TTFT clock) is a new measurement with new cell ids; token_ids, the only format before, is left out of the
+    cell's evaluation JSON, so its ids are those of the same spec written before the field, and a worker
+    reading that JSON (or a store's from before) gets token_ids back, not the spec's default."""
+    from matrix.spec import evaluator_settings
+
+    def cells(**serving):
+        return expand_matrix(_spec(evaluation={"serving": serving})).cells
+
+    before, text, ids = cells(), cells(prompt_format="text"), cells(prompt_format="token_ids")
+    assert [c.cell_id for c in before] == [c.cell_id for c in text]          # text is the default
+    assert not {c.cell_id for c in text} & {c.cell_id for c in ids}
+    assert json.loads(text[0].evaluation)["serving"]["prompt_format"] == "text"
+    assert "prompt_format" not in json.loads(ids[0].evaluation)["serving"]
+    assert evaluator_settings("serving", json.loads(ids[0].evaluation)["serving"])["prompt_format"] == "token_ids"
+    assert evaluator_settings("serving", json.loads(text[0].evaluation)["serving"])["prompt_format"] == "text"
+    # the JSON every serving cell carried before the field: token_ids is what it measured
+    written_before = {k: v for k, v in json.loads(text[0].evaluation)["serving"].items() if k != "prompt_format"}
+    assert json.dumps({**json.loads(ids[0].evaluation), "serving": written_before}, sort_keys=True) == ids[0].evaluation
 
 
 EXAMPLE_CONFIGS = {

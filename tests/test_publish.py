@@ -94,6 +94,9 @@ def test_the_kept_gpu_store_draws_served_latency_and_mbu(tmp_path):
     doc = json.loads((tmp_path / "leaderboard.json").read_text())
     assert {r["concurrency"] for r in doc["serving"]} == {1, 16}
     assert doc["provenance"]["devices"] == ["NVIDIA H100 80GB HBM3"]
+    # the served table says how its figures were measured: this store's prompts went as token ids
+    table = page[page.index('<section id="serving">'):]
+    assert "prompt 128 tokens sent as token ids (TTFT without tokenizing)" in table[:table.index("<table")]
 
 
 def test_the_h200_store_shows_generation_and_long_context_in_every_format(tmp_path):

@@ -115,6 +115,29 @@ def test_corpus_prompts_never_repeat_a_start_so_no_prefill_is_cached():
         corpus_prompts(list(range(100)), 128)
 
 
+def test_text_prompts_are_windows_that_re_encode_to_their_length():
+    """prompt_format text: each prompt is a distinct corpus window decoded to text that the tokenizer turns
+    back into exactly as many tokens; windows that do not are skipped, and too few is one clear error."""
+    from transformers import AutoTokenizer
+
+    from jobs.evaluate.perplexity import corpus_token_ids
+    from jobs.models import materialize
+    from jobs.serving.loadgen import exact_text, text_prompts
+
+    tok = AutoTokenizer.from_pretrained(materialize("builtin:smollm2-135m-instruct", None, None))
+    windows = corpus_prompts(corpus_token_ids(tok, "evals-wikipedia", None), 64)
+    texts = text_prompts(tok, windows, 100)
+    assert len(set(texts)) == 100
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 64 for t in texts)
+    assert texts == [t for t in (exact_text(tok, w) for w in windows) if t is not None][:100]   # in corpus order
+    # a window cut inside a character's bytes decodes to text that re-encodes to another count
+    cut = tok("日本語", add_special_tokens=False)["input_ids"]
+    assert len(cut) == 6 and exact_text(tok, cut[:5]) is None and exact_text(tok, cut) == "日本語"
+    usable = sum(exact_text(tok, w) is not None for w in windows)
+    with pytest.raises(ValueError, match=f"{usable} of the corpus's {len(windows)} distinct prompts"):
+        text_prompts(tok, windows, usable + 1)
+
+
 # --- the load generator against a scripted server ---------------------------------------------
 
 @contextlib.contextmanager
@@ -408,6 +431,24 @@ def test_serving_evaluator_levels_percentiles_and_queueing(tiny):
     rows = result.tables["samples"]
     assert len(rows) == 100 and all(r["ok"] and r["output_tokens"] == 8 and r["prompt_tokens"] == 16 for r in rows)
     pa.Table.from_pylist(rows, schema=TABLE_SCHEMAS["samples"])     # the store's schema holds them
+
+
+def test_serving_evaluator_sends_text_that_the_server_tokenizes_to_the_prompt_length(smol):
+    """prompt_format text (the spec's default): the server tokenizes each prompt (special tokens added, as
+    vLLM does for text) and reports exactly prompt_tokens more than that tokenizer's specials; the figures
+    say which format they measured."""
+    from jobs.evaluate import run_evaluator
+
+    tok = smol.tokenizer
+    specials = len(tok("a")["input_ids"]) - len(tok("a", add_special_tokens=False)["input_ids"])
+    small = {**SERVING, "concurrency": [2], "requests_per_level": 6, "output_tokens": 3, "prompt_format": "text"}
+    result = run_evaluator("serving", smol, small)
+    rows = result.tables["samples"]
+    assert len(rows) == 6 and all(r["ok"] and r["prompt_tokens"] == 16 + specials for r in rows), rows
+    assert {json.loads(m.settings)["prompt_format"] for m in result.metrics} == {"text"}
+    ids = run_evaluator("serving", smol, {**small, "prompt_format": "token_ids"})
+    assert all(r["prompt_tokens"] == 16 for r in ids.tables["samples"])
+    assert {json.loads(m.settings)["prompt_format"] for m in ids.metrics} == {"token_ids"}
 
 
 def test_smollm2_server_matches_generate_and_serves_a_small_load(smol):

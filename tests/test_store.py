@@ -112,7 +112,8 @@ def test_serving_view_and_leaderboard_read_a_real_gpu_sweep():
     assert rows[2]["ttft_ms_p50"] == raw[0]["value"] and all(r["requests_ok"] == 50 for r in rows)
     board = leaderboard_markdown(store)
     served = board[board.index("## Served latency"):]
-    assert "50 requests per level, prompt 128 tokens, 64 output tokens" in served
+    # a store written before prompt_format existed: its served figures were sent as token ids
+    assert "50 requests per level, prompt 128 tokens sent as token ids (TTFT without tokenizing), 64 output tokens" in served
     assert f"| gptq w4 g64 | c=16 closed loop | {rows[2]['ttft_ms_p50']:.1f} / " in served
     with pytest.raises(NoResults, match="sweeps: 'h100-smollm2'"):
         leaderboard_markdown(ROOT / "benchmarks/results/gpu-h100-smollm2-session-b", sweep="no-such-sweep")

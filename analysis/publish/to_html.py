@@ -15,7 +15,7 @@ from typing import Any
 from analysis.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
 from analysis.generative import INTRO as GENERATIVE_INTRO
 from analysis.generative import cell_text, groups, settings_lines
-from analysis.leaderboard import DENSE
+from analysis.leaderboard import DENSE, serving_profiles
 from analysis.markdown import fmt, settings_line
 from analysis.publish import to_json
 from analysis.publish.model import PublishedResults
@@ -264,7 +264,8 @@ def render(m: PublishedResults) -> str:
     counts = f"Cells ranked: {len(m.rows)}; skipped: {len(m.skipped)}; failed: {len(m.failed)}"
     served = ""
     if m.serving:
-        served = (f'<section id="serving"><h2>Served latency</h2><div class="scroll">'
+        profiles = "".join(f'<p class="note">{_e(line)}</p>' for line in serving_profiles([r["settings"] for r in m.serving]))
+        served = (f'<section id="serving"><h2>Served latency</h2>{profiles}<div class="scroll">'
                   f'{_table("serving-table", _serving_columns(m.serving_percentile), m.serving)}</div></section>')
     generative = ""
     if m.generative is not None and m.generative.rows:

@@ -17,11 +17,11 @@ first prompt, sent again in the run, so 1 of its requests per run finds its pref
   bench     `vllm bench serve` (random token prompts sent as text, final usage only, 1 warm-up request)
   bench-text  `vllm bench serve` sending qmx-text's kind of prompts (fresh corpus windows as text, its
             `custom` dataset, no chat template): what is left between it and `qmx-text` is the two clients
-  qmx       quantmatrix's load generator as the sweep runs it (corpus windows as token ids, usage with
-            every chunk)
-  qmx-text  the same load generator with vLLM's client's payload: the same kind of corpus windows
-            decoded to text (only windows that re-encode to exactly `--input-len` tokens), which the server
-            tokenizes, and final usage only: what is left between it and `bench` is the client itself
+  qmx       quantmatrix's load generator as a sweep with `prompt_format: token_ids` runs it (corpus windows
+            as token ids, usage with every chunk)
+  qmx-text  the same load generator with vLLM's client's payload: corpus windows as text (the sweep's
+            default `prompt_format: text`, jobs.serving.loadgen.exact_text), which the server tokenizes,
+            and final usage only: what is left between it and `bench-text` is the client itself
   qmx-idle  `qmx` after the server has idled `--idle-s` seconds, as it does while `vllm bench serve`'s
             process imports (~25 s on the H200 host): what is left between it and `qmx` is the idle gap
 
@@ -184,8 +184,8 @@ def _bench(url: str, model_dir: str, concurrency: int, requests: int, out: Path,
 
 class Windows:
     """Corpus windows of `length` tokens (jobs.serving.loadgen.corpus_prompts: no two start at the same
-    token, so none is served from vLLM's prefix cache), each handed out once: as token ids, or decoded to
-    text when the text re-encodes to exactly the same count (~108 k corpus tokens: ~1,700 prompts)."""
+    token, so none is served from vLLM's prefix cache), each handed out once: as token ids, or as text
+    when it re-encodes to exactly the same count (loadgen.exact_text; ~108 k corpus tokens: ~1,700 prompts)."""
 
     def __init__(self, tokenizer, length: int,
                  corpora: tuple[str, ...] = ("evals-wikipedia", "evals-openwebtext", "evals-c4")):
@@ -196,6 +196,7 @@ class Windows:
         self.next = 0
 
     def take(self, count: int, text: bool) -> list:
+        from jobs.serving.loadgen import exact_text
         out = []
         while len(out) < count:
             if self.next == len(self.pool):
@@ -204,7 +205,7 @@ class Windows:
             self.next += 1
             if not text:
                 out.append(window)
-            elif len(self.tokenizer(s := self.tokenizer.decode(window), add_special_tokens=False)["input_ids"]) == self.length:
+            elif (s := exact_text(self.tokenizer, window)) is not None:
                 out.append(s)
         return out
 

@@ -1,6 +1,7 @@
 """Served latency under load: TTFT, TPOT, ITL and end-to-end latency percentiles, request and
 token throughput and goodput, per concurrency level, through the engine's OpenAI-compatible
-server (jobs.serving). One `samples` row per request, failed ones included.
+server (jobs.serving), with prompts sent as text (tokenized by the server, inside its TTFT) or as token
+ids (`prompt_format`). One `samples` row per request, failed ones included.
 """
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 
 from jobs.evaluate import Evaluation, Metric
 from jobs.evaluate.perplexity import corpus_token_ids
-from jobs.serving.loadgen import LevelRun, LoadLevel, corpus_prompts, run_levels
+from jobs.serving.loadgen import LevelRun, LoadLevel, corpus_prompts, run_levels, text_prompts
 from jobs.serving.stats import summarize
 
-DEFAULTS = {"concurrency": [1, 4], "requests_per_level": 50, "request_rate": None, "prompt_tokens": 128,
-            "output_tokens": 64, "sla_ttft_ms": 2000.0, "sla_tpot_ms": 200.0, "corpus": "evals-wikipedia"}
 SEED, WARMUP = 0, 1
+# each ServingSpec.prompt_format: `count` distinct corpus windows of `length` tokens, as the server is sent them
+PROMPTS = {"token_ids": lambda tok, corpus, length, count: corpus_prompts(corpus, length, count),
+           "text": lambda tok, corpus, length, count: text_prompts(tok, corpus_prompts(corpus, length), count)}
 _DIRECTION = {"request_throughput": "higher", "output_tokens_per_s": "higher", "goodput": "higher",
               "requests_ok": "higher", "requests_failed": "lower", "duration_s": "none"}
 
@@ -30,12 +32,12 @@ def _rows(run: LevelRun) -> list[dict[str, Any]]:
 
 
 def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
-    cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None or k == "request_rate"}}
+    cfg = settings      # matrix.spec.ServingSpec's, every default filled in (jobs.evaluate.run_evaluator)
     n, rate = int(cfg["requests_per_level"]), cfg["request_rate"]
     levels = [LoadLevel(int(c), n, None if rate is None else float(rate)) for c in cfg["concurrency"]]
     tok = engine.tokenizer
-    prompts = corpus_prompts(corpus_token_ids(tok, cfg["corpus"], None), int(cfg["prompt_tokens"]),
-                             WARMUP + n * len(levels))
+    prompts = PROMPTS[cfg["prompt_format"]](tok, corpus_token_ids(tok, cfg["corpus"], None), int(cfg["prompt_tokens"]),
+                                            WARMUP + n * len(levels))
 
     def count_tokens(s: str) -> int:
         return len(tok(s, add_special_tokens=False)["input_ids"])
@@ -53,7 +55,8 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
                       output_tokens=int(cfg["output_tokens"]), sla_ttft_ms=float(cfg["sla_ttft_ms"]),
                       sla_tpot_ms=float(cfg["sla_tpot_ms"]), corpus=cfg["corpus"], server_batching=batching,
                       engine=engine.name, device=engine.device, compute_dtype=engine.compute_dtype,
-                      seed=SEED, warmup_requests=WARMUP, ignore_eos=True, decoding="greedy")
+                      seed=SEED, warmup_requests=WARMUP, ignore_eos=True, decoding="greedy",
+                      prompt_format=cfg["prompt_format"])
         # where per-chunk token counts came from: the server's continuous usage, or re-tokenized text
         common["token_counts"] = ",".join(sorted({s.token_counts for s in run.samples if s.ok})) or "none"
         summary = summarize(run.samples, run.duration_s, float(cfg["sla_ttft_ms"]), float(cfg["sla_tpot_ms"]))
