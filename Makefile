@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/qmx leaderboard --results $(RESULTS)
 
 test: venv
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 clean:
 	rm -rf $(VENV) $(RESULTS)
