@@ -4,7 +4,8 @@
 quantized weights, so cells that differ in KV dtype, engine, evaluation or a load-time option
 (a GPTQ kernel) share one artifact; `engine_key` adds back what a loaded engine depends on.
 Both hash canonical JSON (sorted keys, spec defaults filled in, method options equal to their
-backend default left out), so key order in the YAML and defaults written or left out give the same ids.
+backend default left out, evaluation fields added later left out at the value that measures as before:
+matrix.spec.without_absent), so key order in the YAML and defaults written or left out give the same ids.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from matrix.cells import Cell, SkippedCell
 from matrix.methods import BASELINE_METHOD, DEFAULT_GROUP_SIZE, METHODS, MethodInfo, keep_terms
 from matrix.rules import ModelConfig, first_violation
 from matrix.select import selection
-from matrix.spec import CalibrationSpec, MethodSpec, ModelSpec, SpecError, SweepSpec, absent_means
+from matrix.spec import CalibrationSpec, MethodSpec, ModelSpec, SpecError, SweepSpec, without_absent
 
 MAX_CELLS = 10_000        # cells of one spec before expansion is refused (--max-cells raises it)
 
@@ -125,14 +125,13 @@ def check_matrix_size(spec: SweepSpec, limit: int = MAX_CELLS) -> int:
 def evaluation_json(spec: SweepSpec) -> str:
     """Canonical JSON of the enabled evaluations (a disabled one is left out, so adding an optional
     evaluator to the language changes no existing id), each without the fields at their ID_ABSENT_AT value
-    (matrix.spec.absent_means: a field added later, at the value that measures as before it existed, so
+    (matrix.spec.without_absent: a field added later, at the value that measures as before it existed, so
     results written before keep their ids; evaluator_settings reads it back)."""
     out = {}
     for name, settings in spec.evaluation:
         if settings is None:
             continue
-        absent = absent_means(type(settings))
-        out[name] = {k: v for k, v in settings.model_dump().items() if k not in absent or v != absent[k]}
+        out[name] = without_absent(type(settings), settings.model_dump())
     return json.dumps(out, sort_keys=True)
 
 

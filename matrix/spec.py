@@ -336,15 +336,25 @@ class LongContextSpec(_Strict):
 
 
 # A field added after results existed names the value that measures as it did before the field: at that
-# value it is left out of a cell's evaluation JSON (matrix.expand.evaluation_json), so a spec asking for the old
-# measurement keeps its cell ids, and where it is absent (a store written before) that value is what it means
-ID_ABSENT_AT = "id_absent_at"
+# value it is left out of a cell's evaluation JSON (matrix.expand.evaluation_json) and of its figures' settings,
+# so a spec asking for the old measurement keeps its cell ids and its figures compare with the old ones, and
+# where it is absent (a store written before) that value is what it means
+ID_ABSENT_AT = "x-id-absent-at"
 
 
 def absent_means(model: type[BaseModel]) -> dict[str, Any]:
     """The ID_ABSENT_AT value of each of `model`'s fields that declares one."""
     return {k: f.json_schema_extra[ID_ABSENT_AT] for k, f in model.model_fields.items()
             if isinstance(f.json_schema_extra, dict) and ID_ABSENT_AT in f.json_schema_extra}
+
+
+def without_absent(model: type[BaseModel], settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` less each field at its ID_ABSENT_AT value: as written before the field existed."""
+    absent = absent_means(model)
+    return {k: v for k, v in settings.items() if k not in absent or v != absent[k]}
+
+
+PROMPT_FORMATS = ("text", "token_ids")      # evaluation.serving.prompt_format; jobs.evaluate.serving builds each
 
 
 class SpeedSpec(_Strict):
@@ -368,7 +378,7 @@ class ServingSpec(_Strict):
     sla_ttft_ms: float = Field(2000.0, gt=0)
     sla_tpot_ms: float = Field(200.0, gt=0)
     corpus: str = Field("evals-wikipedia", description="where prompts are cut from")
-    prompt_format: Literal["text", "token_ids"] = Field(
+    prompt_format: Literal[PROMPT_FORMATS] = Field(
         "text", json_schema_extra={ID_ABSENT_AT: "token_ids"},
         description="text: each window as text that re-encodes to prompt_tokens tokens, which the server "
                     "tokenizes inside its TTFT clock, as users' requests and `vllm bench serve`'s are; token_ids: "

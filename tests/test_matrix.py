@@ -371,8 +371,8 @@ def test_serving_prompt_format_text_is_a_new_measurement_and_token_ids_keeps_the
     def cells(**serving):
         return expand_matrix(_spec(evaluation={"serving": serving})).cells
 
-    before, text, ids = cells(), cells(prompt_format="text"), cells(prompt_format="token_ids")
-    assert [c.cell_id for c in before] == [c.cell_id for c in text]          # text is the default
+    default, text, ids = cells(), cells(prompt_format="text"), cells(prompt_format="token_ids")
+    assert [c.cell_id for c in default] == [c.cell_id for c in text]          # text is the default
     assert not {c.cell_id for c in text} & {c.cell_id for c in ids}
     assert json.loads(text[0].evaluation)["serving"]["prompt_format"] == "text"
     assert "prompt_format" not in json.loads(ids[0].evaluation)["serving"]
@@ -381,6 +381,15 @@ def test_serving_prompt_format_text_is_a_new_measurement_and_token_ids_keeps_the
     # the JSON every serving cell carried before the field: token_ids is what it measured
     written_before = {k: v for k, v in json.loads(text[0].evaluation)["serving"].items() if k != "prompt_format"}
     assert json.dumps({**json.loads(ids[0].evaluation), "serving": written_before}, sort_keys=True) == ids[0].evaluation
+
+
+def test_each_prompt_format_is_built_and_described():
+    """matrix.spec.PROMPT_FORMATS is the one list: the evaluator builds each and the served tables name each."""
+    from analysis.leaderboard import _SENT
+    from jobs.evaluate.serving import PROMPTS
+    from matrix.spec import PROMPT_FORMATS
+
+    assert set(PROMPTS) == set(_SENT) == set(PROMPT_FORMATS)
 
 
 EXAMPLE_CONFIGS = {

@@ -433,22 +433,32 @@ def test_serving_evaluator_levels_percentiles_and_queueing(tiny):
     pa.Table.from_pylist(rows, schema=TABLE_SCHEMAS["samples"])     # the store's schema holds them
 
 
-def test_serving_evaluator_sends_text_that_the_server_tokenizes_to_the_prompt_length(smol):
-    """prompt_format text (the spec's default): the server tokenizes each prompt (special tokens added, as
-    vLLM does for text) and reports exactly prompt_tokens more than that tokenizer's specials; the figures
-    say which format they measured."""
+def test_serving_evaluator_sends_text_that_the_server_tokenizes_to_the_prompt_length(smol, monkeypatch):
+    """prompt_format text (the spec's default): every request carries text of exactly prompt_tokens tokens,
+    which the server tokenizes (special tokens added, as vLLM does for text) and reports back; token_ids
+    sends the windows as ids. The figures say which format they measured: text in their settings, token_ids
+    by leaving it out, as every served figure was written before the field."""
     from jobs.evaluate import run_evaluator
+    from jobs.serving import loadgen
 
+    sent = []
+    payload = loadgen.completion_payload
+    monkeypatch.setattr(loadgen, "completion_payload", lambda model, prompt, *a: sent.append(prompt) or
+                        payload(model, prompt, *a))       # the real payload, recorded on its way out
     tok = smol.tokenizer
     specials = len(tok("a")["input_ids"]) - len(tok("a", add_special_tokens=False)["input_ids"])
-    small = {**SERVING, "concurrency": [2], "requests_per_level": 6, "output_tokens": 3, "prompt_format": "text"}
-    result = run_evaluator("serving", smol, small)
-    rows = result.tables["samples"]
+    small = {**SERVING, "concurrency": [2], "requests_per_level": 6, "output_tokens": 3}
+    text = run_evaluator("serving", smol, {**small, "prompt_format": "text"})
+    assert len(sent) == 7 and all(isinstance(p, str) for p in sent)             # the warm-up and 6
+    assert [len(tok(p, add_special_tokens=False)["input_ids"]) for p in sent] == [16] * 7
+    rows = text.tables["samples"]
     assert len(rows) == 6 and all(r["ok"] and r["prompt_tokens"] == 16 + specials for r in rows), rows
-    assert {json.loads(m.settings)["prompt_format"] for m in result.metrics} == {"text"}
+    assert {json.loads(m.settings)["prompt_format"] for m in text.metrics} == {"text"}
+    sent.clear()
     ids = run_evaluator("serving", smol, {**small, "prompt_format": "token_ids"})
+    assert len(sent) == 7 and all(isinstance(p, list) and len(p) == 16 for p in sent)
     assert all(r["prompt_tokens"] == 16 for r in ids.tables["samples"])
-    assert {json.loads(m.settings)["prompt_format"] for m in ids.metrics} == {"token_ids"}
+    assert not any("prompt_format" in json.loads(m.settings) for m in ids.metrics)
 
 
 def test_smollm2_server_matches_generate_and_serves_a_small_load(smol):

@@ -16,9 +16,9 @@
 #   compare-7b   served_compare.py on the 7B-shape random Llama at c=1, vLLM's bench defaults (1024 in,
 #                128 out), 30 requests, 4 rounds of bench, bench-text, qmx and qmx-text (each client in
 #                each position once), no throughput part; its GPU-bound TPOT is the clients' common ground.
-#                2026-12-02 (-e, 20 requests, with qmx-idle): TPOT +0.2 %; TTFT -13.9 % as the sweep sends
-#                (token ids skip the server's 2.6 ms of tokenizing) and -5.6 % as qmx-text, the rest vLLM's
-#                client (+1.0 ms) and its random-token text (+0.9 ms to tokenize); no idle effect.
+#                2026-12-02 (-e, 20 requests, with qmx-idle): TPOT +0.2 %; TTFT -13.9 % as qmx (token ids
+#                skip the server's 2.6 ms of tokenizing; sweeps now send text) and -5.6 % as qmx-text, the
+#                rest attributed to vLLM's client (+1.0 ms) and its random-token text (+0.9 ms); no idle effect.
 #                bench-text sends qmx-text's kind of prompts through vLLM's client: the clients alone
 #                (~700 s: a cold 7B start, then 4 rounds of ~120 s)
 # and the steps of earlier runs:

@@ -23,7 +23,7 @@ first prompt, sent again in the run, so 1 of its requests per run finds its pref
             default `prompt_format: text`, jobs.serving.loadgen.exact_text), which the server tokenizes,
             and final usage only: what is left between it and `bench-text` is the client itself
   qmx-idle  `qmx` after the server has idled `--idle-s` seconds, as it does while `vllm bench serve`'s
-            process imports (~25 s on the H200 host): what is left between it and `qmx` is the idle gap
+            process imports (13.5–32 s on the H200 hosts): what is left between it and `qmx` is the idle gap
 
 Throughput, 256 prompts x 128 tokens in and out, EOS ignored (the sweep's `batch_prompts` metric):
   qmx-batch           the sweep's request: 256 corpus token-id prompts in one completions request, greedy
@@ -42,7 +42,7 @@ clients are compared on what they add, not only on each other (each delta holds 
 
 Beside each served run, the GPU's own state: nvidia-smi sampled every 100 ms (gpu.csv), as the mean
 and lowest SM clock and the mean power over the run's window (`duration_s` up to its last response; for
-`bench`, up to its result file's time), and the run's per-request TTFTs (`ttfts_ms`; vLLM's from
+`bench`, up to its result file's time, a little after), and the run's per-request TTFTs (`ttfts_ms`; vLLM's from
 --save-detailed): a slow start after an idle gap shows as the first requests' TTFT against the rest's.
 
 Prints tables with the median and range over rounds and writes compare.json (and vLLM's result files).
@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -150,6 +151,7 @@ class GpuSamples:
             self.proc = None
 
     def during(self, t0: float, t1: float) -> dict[str, float]:
+        """After close(): nvidia-smi writes its file in blocks, so a read while it runs misses the latest."""
         return gpu_during(self.path.read_text(), t0, t1) if self.path.exists() else {}
 
     def close(self) -> None:
@@ -311,7 +313,7 @@ def main() -> None:
             figures = run()
             if kind == "served":
                 figures |= _server_means(before, _scrape(server.url))
-                figures |= gpu.during(figures["ended_at"] - figures["duration_s"], figures["ended_at"])
+                figures["gpu_window"] = [figures["ended_at"] - figures["duration_s"], figures["ended_at"]]
         except Exception as err:     # one client failing must not lose the others' figures
             tail = (getattr(err, "stderr", None) or b"")[-1500:].decode(errors="replace")
             print(f"{client} round {r} c={c} failed: {type(err).__name__}: {err}\n{tail}", flush=True)
@@ -349,6 +351,8 @@ def main() -> None:
     finally:
         server.close()
         gpu.close()
+    for row in rows:        # read once nvidia-smi has stopped: until then its file lacks the last seconds
+        row |= gpu.during(*row["gpu_window"]) if "gpu_window" in row else {}
     (out / "compare.json").write_text(json.dumps({
         "engine_args": args, "served": {"prompt_tokens": a.input_len, "output_tokens": a.output_len},
         "throughput": {"prompts": BATCH, "prompt_tokens": PROMPT, "new_tokens": BATCH_NEW},
@@ -392,7 +396,7 @@ def main() -> None:
                 ("SM MHz mean", lambda x: x["sm_mhz_mean"]), ("SM MHz min", lambda x: x["sm_mhz_min"]),
                 ("power W", lambda x: x["power_w_mean"]), ("GPU util %", lambda x: x["gpu_util_mean"]),
                 ("TTFT ms, first 5", lambda x: statistics.median(x["ttfts_ms"][:5])),
-                ("TTFT ms, rest", lambda x: statistics.median(x["ttfts_ms"][5:]))])
+                ("TTFT ms, rest", lambda x: statistics.median(x["ttfts_ms"][5:] or [math.nan]))])
     print(f"\nThroughput, {BATCH} prompts x {PROMPT} in / {BATCH_NEW} out, output tok/s, median (min–max):")
     for client in [*batches, "bench-serve-256"]:
         mine = [x["tok_s"] for x in rows if x["kind"] == "throughput" and x["client"] == client]

@@ -40,6 +40,6 @@ class Evaluation:
 def run_evaluator(name: str, engine, settings: dict[str, Any] | None) -> Evaluation:
     if name not in _MODULES:
         raise KeyError(f"Unknown evaluator {name!r}. Available: {', '.join(_MODULES)}")
-    settings = evaluator_settings(name, settings or {})      # the spec's defaults, filled in once
+    settings = evaluator_settings(name, settings or {})      # the spec's defaults (or absent_means), filled in once
     out = importlib.import_module(_MODULES[name]).evaluate(engine, settings)
     return out if isinstance(out, Evaluation) else Evaluation(list(out))

@@ -12,9 +12,10 @@ from jobs.evaluate import Evaluation, Metric
 from jobs.evaluate.perplexity import corpus_token_ids
 from jobs.serving.loadgen import LevelRun, LoadLevel, corpus_prompts, run_levels, text_prompts
 from jobs.serving.stats import summarize
+from matrix.spec import ServingSpec, without_absent
 
 SEED, WARMUP = 0, 1
-# each ServingSpec.prompt_format: `count` distinct corpus windows of `length` tokens, as the server is sent them
+# each of matrix.spec.PROMPT_FORMATS: `count` distinct corpus windows of `length` tokens, as the server is sent them
 PROMPTS = {"token_ids": lambda tok, corpus, length, count: corpus_prompts(corpus, length, count),
            "text": lambda tok, corpus, length, count: text_prompts(tok, corpus_prompts(corpus, length), count)}
 _DIRECTION = {"request_throughput": "higher", "output_tokens_per_s": "higher", "goodput": "higher",
@@ -57,6 +58,9 @@ def evaluate(engine, settings: dict[str, Any]) -> Evaluation:
                       engine=engine.name, device=engine.device, compute_dtype=engine.compute_dtype,
                       seed=SEED, warmup_requests=WARMUP, ignore_eos=True, decoding="greedy",
                       prompt_format=cfg["prompt_format"])
+        # token_ids, as every served figure was measured before the field: settings written as then, so they
+        # still pair with the old figures (qmx compare keys figures by their settings)
+        common = without_absent(ServingSpec, common)
         # where per-chunk token counts came from: the server's continuous usage, or re-tokenized text
         common["token_counts"] = ",".join(sorted({s.token_counts for s in run.samples if s.ok})) or "none"
         summary = summarize(run.samples, run.duration_s, float(cfg["sla_ttft_ms"]), float(cfg["sla_tpot_ms"]))

@@ -60,13 +60,13 @@ def corpus_prompts(token_ids: Sequence[int], prompt_tokens: int, count: int | No
 
 def exact_text(tokenizer, window: Sequence[int]) -> str | None:
     """`window` decoded to text, if that text re-encodes (no special tokens) to as many tokens; else None."""
-    text = tokenizer.decode(list(window))
+    text = tokenizer.decode(list(window), clean_up_tokenization_spaces=False)     # the corpus's own spacing
     return text if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == len(window) else None
 
 
 def text_prompts(tokenizer, windows: Sequence[Sequence[int]], count: int) -> list[str]:
-    """The first `count` of `windows` as text that re-encodes to each window's length (exact_text); the
-    rest are skipped. Text is what users send: the server tokenizes it inside its TTFT clock (vLLM: 2.6 ms
+    """The first `count` of `windows` whose text re-encodes to the window's length (exact_text), as text;
+    the others are skipped. Text is what users send: the server tokenizes it inside its TTFT clock (vLLM: 2.6 ms
     for 1024 tokens on the H200, 2026-12-02), which token ids skip."""
     out = []
     for window in windows:
@@ -108,7 +108,13 @@ async def _run_level(session, url: str, model: str | None, prompts: Sequence[lis
         result = await stream_completion(session, url, completion_payload(model, prompts[i], output_tokens,
                                                                           continuous_usage))
         sent = prompts[i]
-        samples[i] = request_sample(i, result, count_tokens, count_tokens(sent) if isinstance(sent, str) else len(sent))
+        # a text prompt's length, only where the server reported none: tokenizing here would hold the event loop
+        # (and every other stream's timestamps) for milliseconds
+        if isinstance(sent, str):
+            length = result.prompt_tokens if result.prompt_tokens is not None else count_tokens(sent)
+        else:
+            length = len(sent)
+        samples[i] = request_sample(i, result, count_tokens, length)
 
     start = time.perf_counter()
     if level.request_rate is None:
