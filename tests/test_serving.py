@@ -151,6 +151,7 @@ def scripted_server(tokens_per_chunk=3, usage=True, fail_every=0, gap_s=0.002):
     async def completions(request):
         body = await request.json()
         state["n"] += 1
+        state.setdefault("arrived", []).append(time.perf_counter())
         state.setdefault("stream_options", []).append(body.get("stream_options"))
         if fail_every and state["n"] % fail_every == 0:
             return web.Response(status=500, text="scripted failure")
@@ -219,6 +220,22 @@ def test_loadgen_can_ask_for_final_usage_only_as_vllm_bench_does():
         (run,) = run_levels(url, PROMPTS, 4, [LoadLevel(2, 6)], words, continuous_usage=False)
     assert all(s.ok and s.output_tokens == 4 and s.token_counts == "retokenized" for s in run.samples)
     assert state["stream_options"] == [{"include_usage": True, "continuous_usage_stats": False}] * 7   # warm-up too
+
+
+def test_loadgen_counts_tokens_only_after_the_level_so_the_next_request_is_not_held_back():
+    """Re-counting output tokens from text costs milliseconds a request (~40 ms for 128 tokens on the H200
+    box, 2026-12-02); inside a closed loop that delays every next send and idles the server between requests."""
+    calls = []
+
+    def slow_words(text: str) -> int:
+        calls.append(time.perf_counter())
+        return words(text)
+
+    with scripted_server(tokens_per_chunk=1, usage=False) as (url, state):
+        (run,) = run_levels(url, PROMPTS, 4, [LoadLevel(1, 5)], slow_words, warmup=0, continuous_usage=False)
+    assert all(s.ok and s.output_tokens == 4 and s.token_counts == "retokenized" for s in run.samples)
+    assert len(state["arrived"]) == 5 and calls
+    assert min(calls) > max(state["arrived"])      # every count after the last request went out
 
 
 def test_loadgen_counts_failed_requests():
