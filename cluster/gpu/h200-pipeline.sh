@@ -61,7 +61,7 @@ run_step() {
                   COMPARE_ARGS="--concurrency 1 --requests 50 --rounds 5 --throughput-rounds 0" \
                   bash cluster/gpu/run.sh compare ;;
     compare-7b) step compare-7b env COMPARE_ONLY=1 COMPARE_TIMEOUT="${COMPARE_7B_S:-900}" COMPARE_MODEL=/tmp/models/llama7b \
-                  COMPARE_ARGS="--concurrency 1 --requests ${COMPARE_7B_REQUESTS:-30} --rounds 4 --throughput-rounds 0 --input-len 1024 --output-len 128 --clients bench bench-text qmx qmx-text" \
+                  COMPARE_ARGS="--concurrency 1 --requests ${COMPARE_7B_REQUESTS:-30} --rounds ${COMPARE_7B_ROUNDS:-4} --throughput-rounds 0 --input-len 1024 --output-len 128 --clients ${COMPARE_7B_CLIENTS:-bench bench-text qmx qmx-text}" \
                   bash cluster/gpu/run.sh compare ;;
     llama7b-bf16) step llama7b-bf16 env SPEC=cluster/gpu/h200-llama7b-bf16.yaml bash cluster/gpu/run.sh "${L7B_S:-300}" ;;
     bench7b)    step bench7b env BENCH_MODEL=/tmp/models/llama7b BENCH_TIMEOUT=300 bash cluster/gpu/run.sh bench ;;
