@@ -20,7 +20,9 @@
 #                skip the server's 2.6 ms of tokenizing; sweeps now send text) and -5.6 % as qmx-text, the
 #                rest attributed to vLLM's client (+1.0 ms) and its random-token text (+0.9 ms); no idle effect.
 #                bench-text sends qmx-text's kind of prompts through vLLM's client: the clients alone
-#                (~700 s: a cold 7B start, then 4 rounds of ~120 s)
+#                (~700 s: a cold 7B start, then 4 rounds of ~120 s). 2026-12-02 (-f, one round of 20 left by
+#                two lost machines): qmx-text against bench-text TTFT p50 +1.4 %, TPOT p50 +0.2 %, after
+#                the load generator stopped re-tokenizing between a closed loop's requests (+5.6/+14.6 % before)
 # and the steps of earlier runs:
 #   compare-c1   served_compare.py at concurrency 1 only, 5 rounds of `vllm bench serve`, quantmatrix's
 #                client and quantmatrix's client with vLLM's payload (text prompts, final usage), no
