@@ -151,7 +151,7 @@ def scripted_server(tokens_per_chunk=3, usage=True, fail_every=0, gap_s=0.002):
     async def completions(request):
         body = await request.json()
         state["n"] += 1
-        state.setdefault("arrived", []).append(time.perf_counter())
+        state.setdefault("arrived", []).append(time.time())
         state.setdefault("stream_options", []).append(body.get("stream_options"))
         if fail_every and state["n"] % fail_every == 0:
             return web.Response(status=500, text="scripted failure")
@@ -222,20 +222,24 @@ def test_loadgen_can_ask_for_final_usage_only_as_vllm_bench_does():
     assert state["stream_options"] == [{"include_usage": True, "continuous_usage_stats": False}] * 7   # warm-up too
 
 
-def test_loadgen_counts_tokens_only_after_the_level_so_the_next_request_is_not_held_back():
-    """Re-counting output tokens from text costs milliseconds a request (~40 ms for 128 tokens on the H200
-    box, 2026-12-02); inside a closed loop that delays every next send and idles the server between requests."""
+@pytest.mark.parametrize("text", [False, True], ids=["ids", "text"])
+def test_loadgen_counts_tokens_only_after_the_level_so_the_next_request_is_not_held_back(text):
+    """Re-counting output tokens (and a text prompt's, where the server reports none) from text costs
+    milliseconds a request; inside a closed loop that held every next send back (h200-2026-12-02-f)."""
     calls = []
 
-    def slow_words(text: str) -> int:
-        calls.append(time.perf_counter())
-        return words(text)
+    def recording_words(s: str) -> int:
+        calls.append(time.time())
+        return words(s)
 
+    prompts = [" tok" * 8] * 10 if text else PROMPTS
     with scripted_server(tokens_per_chunk=1, usage=False) as (url, state):
-        (run,) = run_levels(url, PROMPTS, 4, [LoadLevel(1, 5)], slow_words, warmup=0, continuous_usage=False)
+        (run,) = run_levels(url, prompts, 4, [LoadLevel(1, 5)], recording_words, warmup=0, continuous_usage=False)
     assert all(s.ok and s.output_tokens == 4 and s.token_counts == "retokenized" for s in run.samples)
+    assert [s.prompt_tokens for s in run.samples] == [8] * 5      # counted from the text, or the ids' length
     assert len(state["arrived"]) == 5 and calls
-    assert min(calls) > max(state["arrived"])      # every count after the last request went out
+    assert min(calls) > max(state["arrived"])       # every count after the last request went out ...
+    assert min(calls) >= run.ended_at               # ... and outside the level's clock
 
 
 def test_loadgen_counts_failed_requests():

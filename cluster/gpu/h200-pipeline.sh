@@ -14,15 +14,18 @@
 #   models       the builtin models converted from GGUF (run.sh models) and the 7B-shape random Llama
 #                (make_llama7b.py) beside them, outside any cell's clock
 #   compare-7b   served_compare.py on the 7B-shape random Llama at c=1, vLLM's bench defaults (1024 in,
-#                128 out), 30 requests, 4 rounds of bench, bench-text, qmx and qmx-text (each client in
-#                each position once), no throughput part; its GPU-bound TPOT is the clients' common ground.
+#                128 out), no throughput part; its GPU-bound TPOT is the clients' common ground. Defaults:
+#                COMPARE_7B_REQUESTS=30 a run, COMPARE_7B_ROUNDS=4, COMPARE_7B_CLIENTS="bench bench-text qmx
+#                qmx-text" (rotated per round: each client holds each position once only with as many
+#                rounds as clients). ~700 s: a cold 7B start, then 4 rounds of ~120 s.
 #                2026-12-02 (-e, 20 requests, with qmx-idle): TPOT +0.2 %; TTFT -13.9 % as qmx (token ids
 #                skip the server's 2.6 ms of tokenizing; sweeps now send text) and -5.6 % as qmx-text, the
 #                rest attributed to vLLM's client (+1.0 ms) and its random-token text (+0.9 ms); no idle effect.
-#                bench-text sends qmx-text's kind of prompts through vLLM's client: the clients alone
-#                (~700 s: a cold 7B start, then 4 rounds of ~120 s). 2026-12-02 (-f, one round of 20 left by
-#                two lost machines): qmx-text against bench-text TTFT p50 +1.4 %, TPOT p50 +0.2 %, after
-#                the load generator stopped re-tokenizing between a closed loop's requests (+5.6/+14.6 % before)
+#                bench-text sends qmx-text's kind of prompts through vLLM's client: the clients alone.
+#                2026-12-02 (-f, one 20-request round; two machines were lost): qmx-text against bench-text
+#                TTFT p50 +1.4 %, TPOT p50 +0.2 %, after the load generator stopped re-tokenizing between a
+#                closed loop's requests (+5.6/+14.6 % before); that server moved up to 11 % between runs, so
+#                the TTFT pair needs rounds on a steadier machine
 # and the steps of earlier runs:
 #   compare-c1   served_compare.py at concurrency 1 only, 5 rounds of `vllm bench serve`, quantmatrix's
 #                client and quantmatrix's client with vLLM's payload (text prompts, final usage), no

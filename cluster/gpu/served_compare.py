@@ -221,7 +221,6 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, output: in
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])   # noqa: E731
     # text prompts with final usage only: vLLM's client's payload (the sweep asks for usage per chunk)
     (run,) = run_levels(url, prompts, output, [LoadLevel(concurrency, requests)], count, 0, 1, not text)
-    ended_at = time.time()
     s = {k: v for k, (v, _) in summarize(run.samples, run.duration_s, 1e9, 1e9).items()}
     assert s["requests_failed"] == 0, [x.error for x in run.samples if not x.ok][:3]
     # token ids go in as sent; text is tokenized by the server, which may add a BOS (Gemma, Llama)
@@ -230,7 +229,7 @@ def _qmx(url: str, windows: Windows, concurrency: int, requests: int, output: in
     return {"ttft_p50": s["ttft_ms_p50"], "ttft_p99": s["ttft_ms_p99"], "tpot_p50": s["tpot_ms_p50"],
             "tpot_p99": s["tpot_ms_p99"], "req_s": s["request_throughput"], "tok_s": s["output_tokens_per_s"],
             "ttft_mean": s["ttft_ms_mean"], "tpot_mean": s["tpot_ms_mean"], "duration_s": run.duration_s,
-            "ttfts_ms": [1000 * x.ttft_s for x in run.samples], "ended_at": ended_at}
+            "ttfts_ms": [1000 * x.ttft_s for x in run.samples], "ended_at": run.ended_at}
 
 
 def _batch(url: str, prompts: list[list[int]], temperature: float) -> dict:

@@ -36,6 +36,7 @@ class LevelRun:
     level: LoadLevel
     samples: tuple[RequestSample, ...]     # one per request sent, failed ones included
     duration_s: float                      # first send -> last response
+    ended_at: float                        # the last response, wall clock: lines the run up with other clocks
 
 
 PREFIX_SHIFT = 64      # tokens between the starts of a window and its shifted copy
@@ -105,9 +106,7 @@ async def _run_level(session, url: str, model: str | None, prompts: Sequence[lis
     results: list[StreamResult | None] = [None] * level.requests
 
     async def one(i: int) -> None:
-        # only the stream here: tokenizing inside the loop would hold every other stream's timestamps and,
-        # in a closed loop, delay the next send (2026-12-02, H200: re-counting 128 output tokens from text
-        # held each request's successor back ~40 ms, GPU busy 92 % of the run against 98 %)
+        # only the stream: counting tokens here held every next send back (benchmarks/results/h200-2026-12-02-f)
         results[i] = await stream_completion(session, url, completion_payload(model, prompts[i], output_tokens,
                                                                                continuous_usage))
 
@@ -128,9 +127,10 @@ async def _run_level(session, url: str, model: str | None, prompts: Sequence[lis
                 await one(i)
         await asyncio.gather(*(arrive(i, at) for i, at in
                                enumerate(arrival_times(level.requests, level.request_rate, seed))))
-    duration = time.perf_counter() - start
+    duration, ended_at = time.perf_counter() - start, time.time()
+    assert all(r is not None for r in results)
     return LevelRun(level, tuple(_sample(i, result, prompts[i], count_tokens) for i, result in enumerate(results)),
-                    duration)
+                    duration, ended_at)
 
 
 def _sample(i: int, result: StreamResult, sent: list[int] | str, count_tokens: Callable[[str], int]) -> RequestSample:
