@@ -12,6 +12,7 @@ from matrix.adapters import ADAPTER_MODES
 from matrix.cells import Cell
 from matrix.engines import ENGINES
 from matrix.methods import METHODS, cell_keep_patterns, keep_terms, layer_count
+from matrix.shown import shown
 
 ModelConfig = dict[str, Any]
 
@@ -110,6 +111,16 @@ def _autoawq_keeps_names(cell: Cell, _: ModelConfig) -> str | None:
     return f"option ignore: backend autoawq keeps modules by plain name only (down_proj), not {bad[0]}" if bad else None
 
 
+def _autogptq_keeps_lm_head_only(cell: Cell, _: ModelConfig) -> str | None:
+    # AutoGPTQ quantizes every linear inside the decoder blocks and never lm_head, and takes no list of
+    # modules to keep: any other value would be measured as lm_head without a word
+    value = dict(cell.options).get("ignore") if cell.backend == "autogptq" else None
+    if value is None or keep_terms(value) == ("lm_head",):
+        return None
+    asked = shown(", ".join(keep_terms(value))) if keep_terms(value) else "an empty list"
+    return f"option ignore: backend autogptq keeps exactly lm_head (it quantizes every decoder linear), not {asked}"
+
+
 def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:
     if cell.method == "prequantized" and (cell.gguf_file or cell.model.endswith(".gguf")):
         return "a GGUF model is de-quantized to 16-bit at load; a prequantized checkpoint is a separate model"
@@ -141,6 +152,7 @@ RULES: tuple[Rule, ...] = (
     Rule("kernel-on-hf", _kernel_on_hf),
     Rule("kept-layers-exist", _kept_layers_exist),
     Rule("autoawq-keeps-names", _autoawq_keeps_names),
+    Rule("autogptq-keeps-lm-head", _autogptq_keeps_lm_head_only),
     Rule("adapter-mode-engine", _adapter_mode_on_engine),
     Rule("adapter-prequantized", _adapter_on_16bit_base),
 )

@@ -156,6 +156,29 @@ def test_a_bad_preset_is_one_line_naming_the_option(value, says):
     assert len(problems) == 1 and "methods.0.options: option ignore of gptq" in problems[0] and says in problems[0]
 
 
+def test_a_legacy_backend_skips_the_keep_values_it_cannot_honour():
+    """AutoAWQ matches plain names only and AutoGPTQ keeps lm_head and nothing else: any other value
+    would be quantized as if unasked, so the cell is skipped with the reason; the default runs."""
+    spec = parse_spec(_spec(methods=[
+        {"method": "gptq", "backend": "autogptq", "group_size": [64],
+         "options": {"ignore": [["lm_head"], ["lm_head+down_proj"], ["re:.*down_proj"]]}},
+        {"method": "gptq", "backend": "autogptq", "group_size": [64], "options": {"ignore": []}},
+        {"method": "gptq", "backend": "gptqmodel", "group_size": [64], "options": {"ignore": "lm_head+down_proj"}},
+        {"method": "awq", "backend": "autoawq", "group_size": [64],
+         "options": {"ignore": [["lm_head", "down_proj"], ["first:1"], ["model.layers.0.mlp"]]}}],
+        calibration={"corpus": "evals-c4", "samples": 2, "seq_len": 32}))
+    e = expand_matrix(spec, {})
+    ran = sorted((c.backend, c.label) for c in e.cells if not c.is_baseline)
+    assert ran == [("autoawq", "awq w4 g64 ignore=lm_head,down_proj"), ("autogptq", "gptq w4 g64 ignore=lm_head"),
+                   ("gptqmodel", "gptq w4 g64 ignore=lm_head,down_proj")]
+    skipped = {(s.cell.backend, s.rule, s.reason.rsplit(" not ", 1)[1]) for s in e.skipped}
+    assert skipped == {("autogptq", "autogptq-keeps-lm-head", "'lm_head, down_proj'"),
+                       ("autogptq", "autogptq-keeps-lm-head", "'re:.*down_proj'"),
+                       ("autogptq", "autogptq-keeps-lm-head", "an empty list"),
+                       ("autoawq", "autoawq-keeps-names", "first:1"),
+                       ("autoawq", "autoawq-keeps-names", "model.layers.0.mlp")}
+
+
 def test_presets_are_an_axis_priced_by_the_estimate():
     from jobs.models import _builtin_config
 
