@@ -15,6 +15,7 @@ import ray
 
 from cluster import progress, scheduling
 from matrix import Cell
+from matrix.methods import METHODS
 from matrix.results import CellOutcome, Manifest
 
 
@@ -32,8 +33,7 @@ class JobsWork:
         return run_cell(cell, manifest, state)
 
     def needs_artifact(self, cell: Cell) -> bool:
-        from jobs.quantize import get_backend
-        return get_backend(cell.backend).writes_artifact
+        return METHODS[cell.method].artifact
 
     def reusable(self, cell: Cell) -> bool:
         from jobs.engines import engine_reusable

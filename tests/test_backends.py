@@ -52,6 +52,8 @@ def test_every_method_backend_has_a_module_and_says_whether_it_runs_here():
         for name in method.backends:
             assert name in backend_names(), f"{method.name}: backend {name} has no module"
             assert get_backend(name).name == name, (method.name, name)   # the row's module defines that backend
+            # the plan and the scheduler count builds from the method's `artifact`; the backend is what builds
+            assert get_backend(name).writes_artifact == method.artifact, (method.name, name)
     for name in ("none", "bitsandbytes", "llmcompressor", "gptqmodel", "prequantized"):
         assert unavailable_reason(name) is None, name
     assert "not implemented" in unavailable_reason("no-such-backend")
@@ -158,7 +160,7 @@ def test_cpu_backend_quantizes_saves_reloads_within_3x_baseline(case, baseline_p
     cell, fmt = CPU_CASES[case]
     manifest = ensure_artifact(cell)
     assert manifest.format.startswith(fmt)
-    if get_backend(cell.backend).writes_artifact:
+    if METHODS[cell.method].artifact:
         assert manifest.quantize_seconds > 0 and manifest.weights_bytes < manifest.base_weights_bytes
         assert manifest.calibration is None or \
             manifest.calibration["samples"] == dict(cell.calibration)["samples"] == manifest.calibration["samples_requested"]
