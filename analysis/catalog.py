@@ -3,7 +3,8 @@
 Views (all queries run on an in-memory DuckDB that only reads the Parquet files):
   cells, runs, metrics       the raw tables (hive column `sweep` added)
   latest_runs                the last attempt of each cell
-  results                    metrics of each cell's successful attempt, joined to its dimensions
+  results                    metrics of each cell's successful attempt, joined to its dimensions, with
+                             the ids of the caveats noted on each figure (`caveat_ids`; `caveats`)
   leaderboard                one row per successful cell: perplexity and its delta % vs the
                              model's baseline, decode tok/s and speedup, weight bytes and reduction
   serving                    one row per successful cell and load level (concurrency, request rate):
@@ -13,6 +14,8 @@ Views (all queries run on an in-memory DuckDB that only reads the Parquet files)
   failed                     cells whose last attempt failed, with the reason and the error
   accuracy                   lm-eval accuracy per task beside the baseline's, with recovery %
   skipped                    cells the validity rules skipped, with the reason
+  caveats                    reasons noted after the fact not to trust some figures, one row per figure
+                             (`qmx caveat`); leaderboard and serving rows carry the ids of theirs
   samples, generations       per-request latency samples and prompt-set outputs of each cell's
                              latest successful attempt (every attempt: samples_all, generations_all)
   generations_side_by_side   each cell's output per prompt beside its model's baseline output
@@ -36,17 +39,22 @@ from pathlib import Path
 import duckdb
 
 from analysis.pareto import DEFAULT_AXES, pareto_sql
-from analysis.store import ROW_TABLES, SCHEMAS, TABLES, local_path
+from analysis.store import CAVEATS, ROW_TABLES, SCHEMAS, TABLES, local_path
 
 _VIEWS = """
 CREATE VIEW latest_runs AS
   SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY sweep, cell_id ORDER BY attempt DESC) = 1;
+CREATE VIEW figure_caveats AS   -- the caveats noted on each recorded figure (analysis.caveats)
+  SELECT sweep, cell_id, attempt, metric, settings, list_sort(list(DISTINCT caveat_id)) AS caveat_ids
+  FROM caveats GROUP BY ALL;
 CREATE VIEW results AS
   SELECT c.sweep, c.cell_id, c.label, c.model, c.method, c.backend, c.bits, c.group_size, c.options,
-         c.kv_cache_dtype, c.engine, c.is_baseline, m.metric, m.value, m.unit, m.direction, m.settings
+         c.kv_cache_dtype, c.engine, c.is_baseline, m.metric, m.value, m.unit, m.direction, m.settings, f.caveat_ids
   FROM metrics m
   JOIN latest_runs r ON r.sweep = m.sweep AND r.cell_id = m.cell_id AND r.attempt = m.attempt AND r.status = 'ok'
-  JOIN (SELECT DISTINCT ON (sweep, cell_id) * FROM cells) c ON c.sweep = m.sweep AND c.cell_id = m.cell_id;
+  JOIN (SELECT DISTINCT ON (sweep, cell_id) * FROM cells) c ON c.sweep = m.sweep AND c.cell_id = m.cell_id
+  LEFT JOIN figure_caveats f ON f.sweep = m.sweep AND f.cell_id = m.cell_id AND f.attempt = m.attempt
+       AND f.metric = m.metric AND f.settings IS NOT DISTINCT FROM m.settings;
 CREATE TABLE cell_metrics AS     -- a table: the leaderboard joins it three times
   SELECT sweep, cell_id, any_value(label) AS label, any_value(model) AS model, any_value(method) AS method,
          any_value(bits) AS bits, any_value(group_size) AS group_size, any_value(kv_cache_dtype) AS kv_cache_dtype,
@@ -69,7 +77,10 @@ CREATE TABLE cell_metrics AS     -- a table: the leaderboard joins it three time
          max(value) FILTER (metric = 'kv_cache_tokens') AS kv_cache_tokens,
          max(value) FILTER (metric = 'quantize_seconds') AS quantize_seconds,
          max(value) FILTER (metric = 'chars_per_token') AS chars_per_token,
-         max(value) FILTER (metric = 'sanity_flags') AS sanity_flags
+         max(value) FILTER (metric = 'sanity_flags') AS sanity_flags,
+         -- a served figure's caveat marks its load level's row in `serving`, not the whole cell
+         nullif(list_sort(list_distinct(flatten(list(caveat_ids) FILTER (NOT starts_with(metric, 'serving_'))))),
+                []) AS caveat_ids
   FROM results GROUP BY sweep, cell_id;
 CREATE TABLE metric_catalog AS   -- what each sweep measured: a measure's unit, direction and load levels at a glance
   SELECT sweep, metric, any_value(unit) AS unit, list(DISTINCT direction ORDER BY direction) AS directions,
@@ -105,7 +116,7 @@ CREATE VIEW leaderboard AS
          c.weight_bytes, b.weight_bytes / c.weight_bytes AS memory_reduction,
          c.weights_in_use_bytes, coalesce(c.weights_in_use_bytes > 1.25 * c.weight_bytes, false) AS ran_dense,
          c.peak_memory_bytes, c.kv_cache_tokens, c.quantize_seconds, c.chars_per_token, c.sanity_flags,
-         c.perplexity_settings, c.speed_settings,
+         c.perplexity_settings, c.speed_settings, c.caveat_ids,
          c.cell_id, o.baseline_cell_id
   FROM cell_metrics c
   LEFT JOIN baseline_of o ON o.sweep = c.sweep AND o.cell_id = c.cell_id
@@ -127,6 +138,7 @@ CREATE VIEW serving AS
          max(value) FILTER (metric = 'serving_goodput') AS goodput,
          max(value) FILTER (metric = 'serving_requests_ok') AS requests_ok,
          max(value) FILTER (metric = 'serving_requests_failed') AS requests_failed,
+         nullif(list_sort(list_distinct(flatten(list(caveat_ids)))), []) AS caveat_ids,
          cell_id, settings
   FROM results WHERE starts_with(metric, 'serving_')
   GROUP BY sweep, model, label, engine, kv_cache_dtype, cell_id, settings
@@ -201,7 +213,7 @@ def connect(results: str | Path) -> duckdb.DuckDBPyConnection:
                                              "autoload_known_extensions": False})
     if local is None:
         _load_httpfs(con, results)
-    for table in TABLES:
+    for table in (*TABLES, CAVEATS):
         view = f"{table}_all" if table in ROW_TABLES else table
         found = fs.get_file_info(pafs.FileSelector(f"{base.rstrip('/')}/{table}", recursive=True, allow_not_found=True))
         if any(f.base_name.endswith(".parquet") and not f.base_name.startswith(".") for f in found):

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from analysis.catalog import check_sweep, connect
+from analysis.caveats import caveats_shown, marks, numbering
 from analysis.generative import INTRO as GENERATIVE_INTRO
 from analysis.generative import generative_table
 from analysis.generative import render_markdown as render_generative_markdown
@@ -64,10 +65,12 @@ def calibration_line(texts: set[str]) -> str:
     return "Calibration (calibrated methods), corpus/samples×seq_len tokens: " + ", ".join(sorted(texts))
 
 
-def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dict] = ()) -> str:
+def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dict] = (),
+                    numbers: dict[str, int] | None = None) -> str:
     """One table per model, ranked as the rows come (the view orders by perplexity). Where a table's
     cells differ in calibration (a calibration dimension), a `calib` column tells them apart; where
-    they share one, it is a line above the table (or above all tables: `leaderboard_markdown`)."""
+    they share one, it is a line above the table (or above all tables: `leaderboard_markdown`).
+    `numbers` are the caveats' footnote numbers (analysis.caveats.numbering)."""
     shown = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
     engines = len({r["engine"] for r in rows}) > 1
     every_calib = {t for r in rows if (t := calib_text(r.get("calibration")))}
@@ -81,7 +84,8 @@ def render_markdown(rows: list[dict], skipped: list[dict] = (), failed: list[dic
         varies = len(calibs) > 1
         header = ["rank", "cell", *(["calib"] if varies else []), *(["engine"] if engines else []),
                   *(c[0] for c in shown)]
-        body = [[str(i), r["label"] + (f" {FLAGGED}" if r.get("sanity_flags") else ""),
+        body = [[str(i), r["label"] + (f" {FLAGGED}" if r.get("sanity_flags") else "")
+                 + marks(r.get("caveat_ids"), numbers or {}),
                  *([calib_text(r.get("calibration")) or "–"] if varies else []),
                  *([r["engine"]] if engines else []), *(c[2](r) for c in shown)]
                 for i, r in enumerate(mine, 1)]
@@ -119,11 +123,11 @@ def _triple(r: dict, name: str, spec: str) -> str:
     return " / ".join(fmt(r.get(f"{name}_{p}"), spec) for p in ("p50", "p95", "p99"))
 
 
-def render_serving_markdown(rows: list[dict]) -> str:
+def render_serving_markdown(rows: list[dict], numbers: dict[str, int] | None = None) -> str:
     """Served latency, one table per model, one row per cell and load level (empty when nothing was served)."""
     out: list[str] = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        body = [[r["label"], _load_level(r), _triple(r, "ttft_ms", ".1f"), _triple(r, "tpot_ms", ".2f"),
+        body = [[r["label"] + marks(r.get("caveat_ids"), numbers or {}), _load_level(r), _triple(r, "ttft_ms", ".1f"), _triple(r, "tpot_ms", ".2f"),
                  fmt(r["requests_per_s"], ".2f"), fmt(r["output_tokens_per_s"], ".0f"), fmt(r["goodput"], ".2f"),
                  f"{fmt(r['requests_ok'], '.0f')} / {fmt(r['requests_failed'], '.0f')}"] for r in rows
                 if r["model"] == model]
@@ -176,12 +180,15 @@ def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     if any(r["ran_dense"] for r in rows):
         out.append(f"{DENSE} ran dense: the engine decompressed the quantized weights at load (weights in use "
                    f"> 1.25 × stored), so its speed and memory are a 16-bit model's, not the format's.")
-    out += ["", render_markdown(rows, skipped, failed)]
+    served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
+    noted = caveats_shown(con, where.removeprefix("WHERE ") or "true", params, [*rows, *served])
+    numbers = numbering(noted)
+    out += [c.footnote(numbers[c.caveat_id]) for c in noted]
+    out += ["", render_markdown(rows, skipped, failed, numbers)]
     generative = generative_table(con, where.removeprefix("WHERE ") or "true", params, [r["cell_id"] for r in rows])
     if generative.rows:
         out += ["", "## Generation and long context", "", GENERATIVE_INTRO, "", render_generative_markdown(generative)]
-    served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
     if served:
         out += ["", "## Served latency", "", *serving_profiles([r["settings"] for r in served]), "",
-                render_serving_markdown(served)]
+                render_serving_markdown(served, numbers)]
     return "\n".join(out)

@@ -16,6 +16,11 @@ def table(header: list[str], rows: list[list[str]], left: Iterable[str] = ()) ->
     return [row(header), "|" + "|".join("---" if h in left else "---:" for h in header) + "|", *map(row, rows)]
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 cell`, `3 cells`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def fmt(v, spec: str, signed: bool = False) -> str:
     return "–" if v is None else format(v, ("+" if signed else "") + spec)
 

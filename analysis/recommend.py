@@ -3,7 +3,8 @@ the chosen objective, the runner-up, and for every rejected cell each gate it fa
 
 Gates are data (flags or a YAML file), each naming the measure it bounds; a gate whose measure
 the sweep never measured is an error, and a cell missing a gated figure fails that gate: nothing
-passes unmeasured.
+passes unmeasured. Nor on a figure under a caveat (analysis.caveats): a cell whose gated or
+objective figure carries one is rejected with the reason.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Literal
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from analysis.caveats import caveats, on_measure
 from analysis.markdown import fmt_bytes
 from analysis.measures import RELATIVE, Measure, MeasureError, cell_table, resolve
 
@@ -166,12 +168,20 @@ def recommend(con: duckdb.DuckDBPyConnection, gates: Gates, sweep: str | None = 
     except MeasureError as e:
         raise GatesError(f"cannot apply the gates: {e}") from None
     rows = cell_table(con, [*measures.values(), objective], sweep, where).to_pylist()
+    reasons = {c.caveat_id: c.reason for c in caveats(con)}
+    doubted = [(GATES[g].title, on_measure(con, m, sweep)) for g, m in measures.items()]
+    doubted.append((objective.name, on_measure(con, objective, sweep)))
     sign = 1 if objective.direction == "lower" else -1
     groups: dict[tuple[str, str], list[Verdict]] = {}
     for r in rows:
         values = {g: r[m.column] for g, m in measures.items()}
         failures = tuple(f for g, limit in limits.items()
                          if (f := _judge(GATES[g], values[g], limit, r["baseline_cell_id"] is not None)))
+        under: dict[str, list[str]] = {}      # caveat -> the figures here it covers
+        for title, on in doubted:
+            for i in on.get((r["sweep"], r["cell_id"]), ()):
+                under.setdefault(i, []).append(title)
+        failures += tuple(f"{' and '.join(titles)} under a caveat: {reasons[i]}" for i, titles in under.items())
         groups.setdefault((r["sweep"], r["model"]), []).append(Verdict(
             r["cell_id"], r["sweep"], r["model"], r["label"], r["engine"], r["kv_cache_dtype"],
             r[objective.column], values, failures))

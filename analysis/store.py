@@ -53,8 +53,17 @@ RUNS_SCHEMA = pa.schema([
 _RUN_KEYS = ("cell_id", "attempt", "schema_version")      # the store's own runs columns; the rest are RunFacts
 METRICS_SCHEMA = pa.schema([("cell_id", pa.string()), ("attempt", pa.int32()), *METRIC_SCHEMA])
 _KEYS = pa.schema([("cell_id", pa.string()), ("attempt", pa.int32())])
+# a reason not to trust some figures, noted after they were measured (analysis.caveats): one row per figure,
+# one file per caveat; not a cell's table, so neither `record` nor `compact` touches it
+CAVEATS = "caveats"
+CAVEATS_SCHEMA = pa.schema([
+    ("caveat_id", pa.string()), ("cell_id", pa.string()), ("attempt", pa.int32()), ("metric", pa.string()),
+    ("settings", pa.string()), ("reason", pa.string()), ("selection", pa.string()),
+    ("noted_at", pa.timestamp("ms", tz="UTC")),
+])
 SCHEMAS = {"cells": CELLS_SCHEMA, "runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA,
-           **{name: pa.schema([*_KEYS, *schema]) for name, schema in TABLE_SCHEMAS.items()}}
+           **{name: pa.schema([*_KEYS, *schema]) for name, schema in TABLE_SCHEMAS.items()},
+           CAVEATS: CAVEATS_SCHEMA}
 _OBJECT_STORES = {"s3", "gcs", "abfs"}     # no rename; one PUT per object is atomic
 _TMP_NAME = re.compile(r"^\.(?P<cell>[0-9a-f]+)-a(?P<attempt>\d+)\.[0-9a-f]+\.tmp$")     # see _write
 
@@ -212,7 +221,7 @@ class ResultStore:
         for table, rows in {"metrics": metrics, **(tables or {})}.items():
             if rows is None or not rows.num_rows:
                 continue
-            if table not in SCHEMAS or table in ("cells", "runs"):
+            if table not in ("metrics", *ROW_TABLES):
                 raise KeyError(f"unknown results table {table!r}; known: {', '.join(('metrics',) + ROW_TABLES)}")
             self._write(table, name, _with_keys(rows, cell.cell_id, attempt).select(SCHEMAS[table].names))
         row = {name_: None for name_ in RUNS_SCHEMA.names} | facts | {
@@ -221,6 +230,11 @@ class ResultStore:
         self.attempts().setdefault(cell.cell_id, []).append(
             {"cell_id": cell.cell_id, "attempt": attempt, "status": row["status"]})
 
+
+    def add_caveat(self, caveat_id: str, rows: pa.Table) -> str:
+        """Write one caveat's rows (`CAVEATS_SCHEMA`, one per figure it covers); returns the file's path."""
+        self._write(CAVEATS, caveat_id, rows)
+        return f"{self._dir(CAVEATS)}/{caveat_id}.parquet"
 
     def compact(self) -> dict[str, int]:
         """Merge the sweep's per-attempt files into one file per table: a reader opens every file on each

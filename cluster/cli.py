@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from analysis.markdown import plural
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="quantmatrix: a distributed benchmarking matrix for LLM quantization.")
 console = Console(soft_wrap=True)
@@ -101,12 +103,12 @@ def sweep(spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
         console.print(Text.assemble(("skipped", "yellow"), f" {s.cell.model} {s.cell.label}: {s.reason}"))
     for label, error in report.failures:
         console.print(Text.assemble(("failed", "red"), f" {label}: {error}"))
-    console.print(f"{_plural(report.cells, 'cell')} ({report.already_done} already done), {report.skipped} skipped; "
+    console.print(f"{plural(report.cells, 'cell')} ({report.already_done} already done), {report.skipped} skipped; "
                   f"ran {report.ran}: {report.succeeded} ok, {report.failed} failed; "
-                  f"{_plural(report.quantizations, 'quantization')}; {_plural(report.workers_started, 'worker')}; "
+                  f"{plural(report.quantizations, 'quantization')}; {plural(report.workers_started, 'worker')}; "
                   f"{report.seconds:.1f} s", highlight=False)
     if report.elsewhere:      # claimed by another live sweep on this store, and finished by it
-        console.print(f"{_plural(report.elsewhere, 'cell')} run meanwhile by another sweep on this store",
+        console.print(f"{plural(report.elsewhere, 'cell')} run meanwhile by another sweep on this store",
                       highlight=False)
     if shown.clock.seconds:
         console.print(f"time by stage, summed over builds and cells: {shown.clock.summary()}", highlight=False)
@@ -131,10 +133,6 @@ def plan(spec: Path = typer.Argument(..., help="sweep spec (YAML)"), max_cells: 
     expansion = plan_sweep(parsed, configs)
     p = build_plan(parsed, expansion, configs)
     _print_plan(p)
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _print_plan(p) -> None:
@@ -435,7 +433,7 @@ def layers(results: str = RESULTS, sweep: str = SWEEP,
         return total, rows
 
     total, rows = _decide(fetch, results, sweep)
-    table = Table(title=f"{len(rows)} most sensitive of {_plural(total, 'layer')}: ||cell(x) - base(x)|| / "
+    table = Table(title=f"{len(rows)} most sensitive of {plural(total, 'layer')}: ||cell(x) - base(x)|| / "
                         "||base(x)|| on the base's inputs", title_justify="left")
     for name, justify in (("model", "left"), ("cell", "left"), ("layer", "left"), ("kind", "left"),
                           ("bits", "right"), ("params", "right"), ("rel_error", "right"), ("cell_id", "left")):
@@ -478,6 +476,26 @@ def publish(out_dir: Path = typer.Option(..., "--out", help="folder to write the
             _fail(f"--out {out_dir}: cannot write there: {e.strerror or e}")
     for path in _decide(write, results, sweep):
         out(str(path))
+
+
+@app.command()
+def caveat(reason: str = typer.Argument(..., help="why the figures are not to be trusted (printed beside them)"),
+           where: str = typer.Option(..., "--where", help="SQL condition over the results view's columns plus "
+                                                          "concurrency and request_rate, e.g. \"concurrency = 128\""),
+           results: str = RESULTS, sweep: str = SWEEP):
+    """Note a reason, found after they were measured, not to trust some figures of a sweep. Nothing is
+    rewritten: the reason is stored beside the figures, and the leaderboard, the published page and
+    `qmx query` mark them. A rerun of a cell measures afresh, without the caveat."""
+    from analysis.catalog import NoResults
+    from analysis.caveats import CaveatError, note_caveat
+
+    try:
+        noted, path = note_caveat(results, sweep, where, reason)
+    except (NoResults, CaveatError, OSError) as e:
+        _fail(str(e))
+    out(f"caveat {noted.caveat_id} on {plural(noted.figures, 'figure')} of {plural(noted.cells, 'cell')}: "
+        f"{noted.reason}")
+    out(f"(remove it by deleting {path})")
 
 
 @app.command()

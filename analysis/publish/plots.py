@@ -55,6 +55,15 @@ def _groups(rows, key: Callable[[dict], Any]) -> dict[Any, list[dict]]:
     return out
 
 
+def _hollow(ax, points: list[tuple[float, float]], colour) -> None:
+    """Points whose figures carry a caveat (analysis.caveats): drawn hollow over their filled marker."""
+    if points:
+        ax.scatter(*zip(*points), s=34, facecolors="white", edgecolors=colour, linewidths=1.2, zorder=4)
+
+
+_HOLLOW_NOTE = "Hollow points: figures under a caveat (‡ in the tables, with the reason)."
+
+
 def _cell_name(r: dict, rows) -> str:
     """`label (engine)`, with the model in front where the rows hold several."""
     several = len({o["model"] for o in rows}) > 1
@@ -80,6 +89,8 @@ def _scatter(m: PublishedResults, key: str, title: str, x: str, x_label: str, sc
             dots = ax.scatter(xs, ys, s=30, zorder=3, label=f"{model} ({engine})")
             for r, xv, yv in zip(group, xs, ys):
                 ax.annotate(r["label"], (xv, yv), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            _hollow(ax, [(xv, yv) for r, xv, yv in zip(group, xs, ys) if r.get("caveat_ids")],
+                    dots.get_facecolor()[0])
             best = sorted((r for r in group if r["cell_id"] in m.fronts.get(x, ())), key=lambda r: r[x])
             ax.scatter([r[x] / scale for r in best], [r[y] for r in best], s=70, facecolors="none",
                        edgecolors=dots.get_facecolor()[0], linewidths=1.2, zorder=3)     # ringed: on the front
@@ -93,8 +104,9 @@ def _scatter(m: PublishedResults, key: str, title: str, x: str, x_label: str, sc
         ax.legend(fontsize=8, loc="best")
 
     front = ", ".join(r["label"] for r in rows if r["cell_id"] in m.fronts.get(x, ()))
+    hollow = f" {_HOLLOW_NOTE}" if any(r.get("caveat_ids") for r in rows) else ""
     return Plot(key, title, _render(key, draw), f"Ringed, joined by the line: the Pareto front per model and engine "
-                                                f"(no other cell beats them on both axes): {front or 'none'}.")
+                                                f"(no other cell beats them on both axes): {front or 'none'}.{hollow}")
 
 
 def quality_vs_speed(m: PublishedResults) -> Plot:
@@ -119,8 +131,9 @@ def served_latency(m: PublishedResults) -> Plot:
         for group in _groups(rows, lambda r: r["cell_id"]).values():
             group = sorted(group, key=lambda r: r["concurrency"])
             conc, name = [r["concurrency"] for r in group], _cell_name(group[0], rows)
-            ax.plot(conc, [r[f"ttft_ms_{p}"] for r in group], marker="o", label=name)
-            right.plot(conc, [r[f"tpot_ms_{p}"] for r in group], marker="o", label=name)
+            for a, figure in ((ax, f"ttft_ms_{p}"), (right, f"tpot_ms_{p}")):
+                [line] = a.plot(conc, [r[figure] for r in group], marker="o", label=name)
+                _hollow(a, [(r["concurrency"], r[figure]) for r in group if r.get("caveat_ids")], line.get_color())
         levels = sorted({r["concurrency"] for r in rows})
         for a, name in ((ax, "TTFT"), (right, "TPOT")):
             a.set_xscale("log", base=2)
@@ -132,7 +145,9 @@ def served_latency(m: PublishedResults) -> Plot:
             a.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
 
-    note = "" if p == "p95" else "These runs recorded no p95 latency: the plot shows p99."
+    notes = ["" if p == "p95" else "These runs recorded no p95 latency: the plot shows p99.",
+             _HOLLOW_NOTE if any(r.get("caveat_ids") for r in rows) else ""]
+    note = " ".join(n for n in notes if n)
     return Plot("serving", title, _render("serving", draw, size=(6.8, 3.2), ncols=2), note)
 
 

@@ -11,5 +11,6 @@ def render(m: PublishedResults) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=m.columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(m.rows)
+    # a list (caveat_ids) as one field, its items joined
+    writer.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in r.items()} for r in m.rows)
     return buf.getvalue()

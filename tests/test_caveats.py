@@ -1,0 +1,169 @@
+"""`qmx caveat`: a reason not to trust some recorded figures, noted after the fact. Nothing is rewritten;
+the views, the printed leaderboard, the published page and the recommendation all carry it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pytest
+from conftest import ROOT
+from recorded_stores import CELLS, cell, record_store
+from typer.testing import CliRunner
+
+from analysis.catalog import connect
+from analysis.leaderboard import leaderboard_markdown
+from analysis.publish import publish
+from analysis.recommend import Gates, recommend
+from analysis.store import ResultStore
+from cluster.cli import app
+
+REASON = "the load generator repeated prompts at c=4"
+
+
+def _files(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.parquet")) if "caveats" not in p.parts}
+
+
+def _caveat(root, reason: str, where: str, *more: str):
+    return CliRunner().invoke(app, ["caveat", reason, "--where", where, "--results", str(root), *more])
+
+
+def _served_labels(text: str, level: str) -> dict[str, str]:
+    """Served-table rows of `level` (`c=4`): label without marks -> the marks after it."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > 1 and cells[1].startswith(f"{level} "):
+            label, _, marks = cells[0].partition(" ‡")
+            out[label] = "‡" + marks if marks else ""
+    return out
+
+
+def test_a_caveat_marks_its_figures_everywhere_and_rewrites_nothing(tmp_path):
+    root = tmp_path / "results"
+    record_store(root)
+    before = _files(root)
+    res = _caveat(root, REASON, "concurrency = 4")
+    assert res.exit_code == 0, res.output
+    # 4 served figures at c=4 per measured cell (TTFT, TPOT, req/s, requests ok)
+    assert res.output.splitlines()[0].endswith(f"on 16 figures of 4 cells: {REASON}")
+    assert _files(root) == before                    # no recorded file touched
+    con = connect(root)
+    marked = con.execute("SELECT concurrency, count(*) FILTER (caveat_ids IS NOT NULL), count(*) FROM serving "
+                         "GROUP BY ALL ORDER BY 1").fetchall()
+    assert marked == [(1, 0, 4), (4, 4, 4)]
+    assert con.execute("SELECT count(*) FROM leaderboard WHERE caveat_ids IS NOT NULL").fetchone() == (0,)
+
+    text = leaderboard_markdown(root)
+    assert re.search(rf"^‡1 {re.escape(REASON)} \(caveat noted .* UTC on 16 figures of 4 cells: concurrency = 4\)$",
+                     text, re.M)
+    assert _served_labels(text, "c=4") == {label: "‡1" for label in CELLS}
+    assert _served_labels(text, "c=1") == {label: "" for label in CELLS}
+
+    publish(root, tmp_path / "site")
+    page = (tmp_path / "site" / "index.html").read_text()
+    served = page[page.index('id="serving"'):page.index("</section>", page.index('id="serving"'))]
+    assert served.count('class="tag caveat"') == 4 and f"‡1 {REASON}" in served
+    leaderboard = page[page.index('id="leaderboard"'):page.index('id="plots"')]
+    assert "‡" not in leaderboard
+    plots = page[page.index('id="plots"'):page.index('id="serving"')]
+    # the served plot draws the 4 points of each latency hollow and says so; the scatter plots have none
+    assert plots.count("Hollow points: figures under a caveat") == 1
+    doc = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
+    assert [(c["reason"], c["figures"], c["cells"]) for c in doc["caveats"]] == [(REASON, 16, 4)]
+    assert sum(1 for r in doc["serving"] if r["caveat_ids"]) == 4
+
+
+def test_caveats_number_in_the_order_noted_and_a_rerun_measures_afresh(tmp_path):
+    root = tmp_path / "results"
+    store = record_store(root)
+    assert _caveat(root, "perplexity corpus was truncated", "label = 'nf4 w4' AND metric = 'perplexity'").exit_code == 0
+    assert _caveat(root, REASON, "concurrency = 4").exit_code == 0
+    text = leaderboard_markdown(root)
+    assert re.search(r"^\| \d \| nf4 w4 ‡1 \|", text, re.M)       # the leaderboard row: its own figure
+    assert _served_labels(text, "c=4")["nf4 w4"] == "‡2"           # the served row: the served caveat only
+    # gptq is remeasured: its new attempt carries neither caveat
+    import pyarrow as pa
+    from recorded_stores import _metrics
+    _, backend, bits, group, *figures = CELLS["gptq w4 g64"]
+    store.record(cell("m", "gptq", backend, bits, group), 2, {"status": "ok", "seconds": 1.0},
+                 pa.Table.from_pylist(_metrics(*figures).to_pylist()))
+    text = leaderboard_markdown(root)
+    assert _served_labels(text, "c=4") == {label: "" if label == "gptq w4 g64" else "‡2" for label in CELLS}
+    # and a caveat whose figures were all remeasured marks nothing, so it gets no footnote
+    assert _caveat(root, "gptq only", "label = 'gptq w4 g64'", "--sweep", "s").exit_code == 0
+    store.record(cell("m", "gptq", backend, bits, group), 3, {"status": "ok", "seconds": 1.0},
+                 pa.Table.from_pylist(_metrics(*figures).to_pylist()))
+    assert "gptq only" not in leaderboard_markdown(root)
+
+
+def test_the_recommendation_passes_nothing_on_a_figure_under_a_caveat(tmp_path):
+    root = tmp_path / "results"
+    record_store(root)
+    gates = Gates(sla_ttft_p95_ms=1000.0, concurrency=4)
+    [rec] = recommend(connect(root), gates)
+    assert len(rec.passed) == 4
+    assert _caveat(root, REASON, "concurrency = 4 AND label IN ('bf16', 'int8 w8') "
+                                 "AND metric = 'serving_ttft_ms_p95'").exit_code == 0
+    [rec] = recommend(connect(root), gates)
+    assert sorted(v.label for v in rec.passed) == ["gptq w4 g64", "nf4 w4"]
+    assert {v.label: v.failures for v in rec.rejected} == {
+        label: (f"TTFT p95 under a caveat: {REASON}",) for label in ("bf16", "int8 w8")}
+
+
+def test_a_condition_cannot_reach_another_sweep(tmp_path):
+    root = tmp_path / "results"
+    record_store(root, sweep="s")
+    record_store(root, sweep="t")
+    res = _caveat(root, REASON, "true) OR (true", "--sweep", "s")     # closes its parentheses to widen itself
+    assert res.exit_code == 0 and "on 48 figures of 4 cells" in res.output, res.output
+    assert connect(root).execute("SELECT DISTINCT sweep FROM results WHERE caveat_ids IS NOT NULL").fetchall() == [("s",)]
+
+
+def test_compaction_keeps_the_caveats(tmp_path):
+    root = tmp_path / "results"
+    record_store(root)
+    assert _caveat(root, REASON, "concurrency = 4").exit_code == 0
+    ResultStore(root, "s").compact()
+    assert connect(root).execute("SELECT count(*) FROM serving WHERE caveat_ids IS NOT NULL").fetchone() == (4,)
+    assert len(list((root / "caveats").rglob("*.parquet"))) == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--where", "concurrency = 64"], "--where selects no figure of sweep 's': nothing noted"),
+    (["--where", "no_such_column = 1"], '--where: BinderException: Binder Error: Referenced column "no_such_column"'),
+    (["--where", "true; SELECT 1"], '--where: ParserException: Parser Error: syntax error at or near ";"'),
+    (["--where", " "], "--where: an empty condition would select every figure"),
+    (["--where", "true", "--sweep", "other"], "--sweep: no sweep 'other' in these results; sweeps: 's'"),
+])
+def test_a_bad_caveat_is_one_line_and_writes_nothing(tmp_path, args, says):
+    root = tmp_path / "results"
+    record_store(root)
+    res = CliRunner().invoke(app, ["caveat", REASON, *args, "--results", str(root)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and says in res.output, res.output
+    assert not (root / "caveats").exists()
+
+
+def test_a_caveat_needs_a_reason_and_one_sweep(tmp_path):
+    root = tmp_path / "results"
+    record_store(root)
+    record_store(root, sweep="t")
+    for reason, says in (("  ", "reason: say why"), (REASON, "--sweep: a caveat is noted in one sweep; these results "
+                                                             "hold 's', 't'")):
+        res = _caveat(root, reason, "true")
+        assert res.exit_code == 2 and says in res.output, res.output
+    assert not (root / "caveats").exists()
+
+
+@pytest.mark.parametrize("folder, sweep", [("h200-2026-12-01", "h200-llama7b"), ("h200-2026-12-02-c", "h200-llama7b-bf16")])
+def test_the_h200_stores_mark_the_c128_rows_whose_prompts_repeated(folder, sweep):
+    """The committed H200 stores whose served c=128 level reused prompts (README there) carry a caveat on
+    exactly those rows, and their committed pages show it."""
+    con = connect(ROOT / "benchmarks/results" / folder)
+    rows = con.execute("SELECT sweep, concurrency, caveat_ids IS NOT NULL FROM serving").fetchall()
+    assert {(s, c) for s, c, marked in rows if marked} == {(s, c) for s, c, _ in rows if (s, c) == (sweep, 128)}
+    page = (ROOT / "benchmarks/results" / folder / "page/index.html").read_text()
+    assert page.count('class="tag caveat"') == sum(marked for *_, marked in rows) > 0
+    assert "‡1 109 of its 128 prompts repeated earlier ones" in page
