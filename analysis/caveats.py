@@ -139,3 +139,24 @@ def on_measure(con: duckdb.DuckDBPyConnection, measure: Measure, sweep: str | No
         sql += " AND sweep = ?"
         params.append(sweep)
     return {(sw, cid): tuple(ids) for sw, cid, ids in con.execute(sql + " GROUP BY ALL", params).fetchall()}
+
+
+def reasons_on(con: duckdb.DuckDBPyConnection, measures: list[Measure],
+               sweep: str | None = None) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(sweep, cell_id) -> the reasons of the caveats on any of those measures' figures of the cell."""
+    reasons = {c.caveat_id: c.reason for c in caveats(con)}
+    out: dict[tuple[str, str], set[str]] = {}
+    for m in measures:
+        for key, ids in on_measure(con, m, sweep).items():
+            out.setdefault(key, set()).update(reasons[i] for i in ids)
+    return {key: tuple(sorted(v)) for key, v in out.items()}
+
+
+def footnoted(rows: list[dict], doubted: dict[tuple[str, str], tuple[str, ...]]) -> list[str]:
+    """Marks each row's label with its caveats' numbers (`bf16 ‡1`), numbered in row order, and returns
+    the footnote lines (`‡1 reason`) to print under the table."""
+    numbers: dict[str, int] = {}
+    for r in rows:
+        for reason in doubted.get((r["sweep"], r["cell_id"]), ()):
+            r["label"] += f" {MARK}{numbers.setdefault(reason, len(numbers) + 1)}"
+    return [f"{MARK}{n} under a caveat: {reason}" for reason, n in numbers.items()]

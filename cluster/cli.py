@@ -324,14 +324,16 @@ def rank(by: str = typer.Option(..., "--by", help="metric or leaderboard column,
     target, context, rows = _decide(lambda con: run_rank(con, by, sweep, where, concurrency), results, sweep)
     if fmt == "json":
         keys = ["rank", "tied", "sweep", "model", "label", "engine", "kv_cache_dtype", target.column,
-                *(m.column for m in context), "cell_id"]
+                *(m.column for m in context), "caveats", "cell_id"]
         sys.stdout.write(json.dumps([{k: r.get(k) for k in keys} for r in rows], default=str, indent=1) + "\n")
         return
     cols = [("rank", "rank_text"), *_IDENTITY, *((m.header, m.column) for m in (target, *context))]
     for r in rows:
         r["rank_text"] = "–" if r["rank"] is None else f"={r['rank']}" if r["tied"] else str(r["rank"])
+    from analysis.caveats import footnoted
+    notes = footnoted(rows, {(r["sweep"], r["cell_id"]): r["caveats"] for r in rows})
     out(f"Ranked by {target.describe()}; '=' marks cells whose measured ranges overlap.")
-    sys.stdout.write(_markdown_rows(cols, rows) + "\n")
+    sys.stdout.write(_markdown_rows(cols, rows) + "\n" + "".join(f"{n}\n" for n in notes))
 
 
 @app.command()
@@ -342,11 +344,17 @@ def pareto(x: str = typer.Option(..., "--x", help="first axis: a metric or leade
     """The non-dominated cells per model and engine on the chosen axes, each in its own direction."""
     from analysis.pareto import pareto as run_pareto
 
+    from analysis.caveats import footnoted, reasons_on
+
+    def run(con):
+        measures, table = run_pareto(con, axes, sweep, concurrency, where)
+        return measures, table.to_pylist(), reasons_on(con, measures, sweep)
     axes = [a for a in (x, y, z) if a]
-    measures, table = _decide(lambda con: run_pareto(con, axes, sweep, concurrency, where), results, sweep)
+    measures, rows, doubted = _decide(run, results, sweep)
+    notes = footnoted(rows, doubted)
     out("Pareto set per model and engine on " + ", ".join(m.describe() for m in measures) + ":")
-    sys.stdout.write(_markdown_rows([*_IDENTITY, *((m.header, m.column) for m in measures)],
-                                    table.to_pylist()) + "\n")
+    sys.stdout.write(_markdown_rows([*_IDENTITY, *((m.header, m.column) for m in measures)], rows) + "\n"
+                     + "".join(f"{n}\n" for n in notes))
 
 
 @app.command()

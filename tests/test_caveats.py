@@ -167,3 +167,22 @@ def test_the_h200_stores_mark_the_c128_rows_whose_prompts_repeated(folder, sweep
     page = (ROOT / "benchmarks/results" / folder / "page/index.html").read_text()
     assert page.count('class="tag caveat"') == sum(marked for *_, marked in rows) > 0
     assert "‡1 109 of its 128 prompts repeated earlier ones" in page
+
+
+def test_rank_and_pareto_mark_the_figures_they_show_under_a_caveat(tmp_path):
+    root = tmp_path / "results"
+    record_store(root)
+    assert _caveat(root, REASON, "concurrency = 4 AND label = 'nf4 w4'").exit_code == 0
+    run = CliRunner().invoke
+    at4 = run(app, ["rank", "--by", "serving_ttft_ms_p95", "-c", "4", "--results", str(root)]).output
+    assert "| nf4 w4 ‡1 | hf |" in at4 and at4.count("‡1") == 2       # its row and the footnote
+    assert at4.rstrip().endswith(f"‡1 under a caveat: {REASON}")
+    at1 = run(app, ["rank", "--by", "serving_ttft_ms_p95", "-c", "1", "--results", str(root)]).output
+    assert "‡" not in at1
+    rows = json.loads(run(app, ["rank", "--by", "serving_ttft_ms_p95", "-c", "4", "--results", str(root),
+                                "--format", "json"]).output)
+    assert {r["label"]: r["caveats"] for r in rows} == {label: [REASON] if label == "nf4 w4" else [] for label in CELLS}
+    # nf4 is on the TTFT-vs-weights front at c=4 (smallest weights): its point is marked there too
+    front = run(app, ["pareto", "--x", "serving_ttft_ms_p95", "--y", "weight_bytes", "-c", "4",
+                      "--results", str(root)]).output
+    assert "| nf4 w4 ‡1 |" in front and front.rstrip().endswith(f"‡1 under a caveat: {REASON}")
