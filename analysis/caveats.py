@@ -129,14 +129,16 @@ def on_measure(con: duckdb.DuckDBPyConnection, measure: Measure, sweep: str | No
     """(sweep, cell_id) -> the caveats on the figures `measure` reads for that cell (a baseline-relative
     measure: the cell's own figure of the metric it needs; a served one: its load level's)."""
     metric = measure.metric or RELATIVE[measure.name][2]
-    sql = ("SELECT sweep, cell_id, list_sort(list_distinct(flatten(list(caveat_ids)))) FROM results "
-           "WHERE caveat_ids IS NOT NULL AND metric = ?")
+    # the caveats table and the committed attempts only: the figures' own view would be read whole
+    sql = ("SELECT c.sweep, c.cell_id, list_sort(list(DISTINCT c.caveat_id)) FROM caveats c JOIN latest_runs l "
+           "ON l.sweep = c.sweep AND l.cell_id = c.cell_id AND l.attempt = c.attempt AND l.status = 'ok' "
+           "WHERE c.metric = ?")
     params: list = [metric]
     if measure.concurrency is not None:
-        sql += " AND CAST(json_extract(settings, '$.concurrency') AS INTEGER) = ?"
+        sql += " AND CAST(json_extract(c.settings, '$.concurrency') AS INTEGER) = ?"
         params.append(measure.concurrency)
     if sweep:
-        sql += " AND sweep = ?"
+        sql += " AND c.sweep = ?"
         params.append(sweep)
     return {(sw, cid): tuple(ids) for sw, cid, ids in con.execute(sql + " GROUP BY ALL", params).fetchall()}
 
