@@ -79,8 +79,10 @@ CREATE TABLE cell_metrics AS     -- a table: the leaderboard joins it three time
          max(value) FILTER (metric = 'chars_per_token') AS chars_per_token,
          max(value) FILTER (metric = 'sanity_flags') AS sanity_flags,
          -- a served figure's caveat marks its load level's row in `serving`, not the whole cell
-         nullif(list_sort(list_distinct(flatten(list(caveat_ids) FILTER (NOT starts_with(metric, 'serving_'))))),
-                []) AS caveat_ids
+         list_distinct(flatten(list(caveat_ids) FILTER (NOT starts_with(metric, 'serving_')))) AS caveat_ids,
+         -- those on the figures other cells' Δ, speedup, reduction and recovery are computed against
+         list_distinct(flatten(list(caveat_ids) FILTER (metric IN ('perplexity', 'accuracy', 'decode_tokens_per_s',
+                                                                   'weight_bytes')))) AS relative_caveat_ids
   FROM results GROUP BY sweep, cell_id;
 CREATE TABLE metric_catalog AS   -- what each sweep measured: a measure's unit, direction and load levels at a glance
   SELECT sweep, metric, any_value(unit) AS unit, list(DISTINCT direction ORDER BY direction) AS directions,
@@ -116,7 +118,11 @@ CREATE VIEW leaderboard AS
          c.weight_bytes, b.weight_bytes / c.weight_bytes AS memory_reduction,
          c.weights_in_use_bytes, coalesce(c.weights_in_use_bytes > 1.25 * c.weight_bytes, false) AS ran_dense,
          c.peak_memory_bytes, c.kv_cache_tokens, c.quantize_seconds, c.chars_per_token, c.sanity_flags,
-         c.perplexity_settings, c.speed_settings, c.caveat_ids,
+         c.perplexity_settings, c.speed_settings,
+         -- a cell's own figures' caveats, and its baseline's on the figures its relative columns divide by
+         nullif(list_sort(list_distinct(list_concat(coalesce(c.caveat_ids, []),
+                CASE WHEN b.cell_id <> c.cell_id THEN coalesce(b.relative_caveat_ids, []) ELSE [] END))), [])
+           AS caveat_ids,
          c.cell_id, o.baseline_cell_id
   FROM cell_metrics c
   LEFT JOIN baseline_of o ON o.sweep = c.sweep AND o.cell_id = c.cell_id

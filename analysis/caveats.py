@@ -3,9 +3,12 @@
 A figure is never rewritten. `note_caveat` selects figures of one sweep with a SQL condition over
 the `results` view and writes the reason beside them (`caveats/sweep=<name>/<id>.parquet`, one row
 per figure, keyed by cell, attempt, metric and settings). The views carry `caveat_ids`, so the
-printed leaderboard, the published page and its tables mark those figures and say why. A rerun of a
-cell is a new attempt, a new measurement: its figures carry no caveat. Deleting a caveat's file
-removes it.
+printed tables, the published page and the decisions mark those figures and say why. A rerun of a
+cell is a new attempt, a new measurement: its figures carry no caveat, and a caveat none of whose
+figures is current any more is gone from every output. Deleting a caveat's file removes it.
+
+Every output numbers the current caveats of the sweeps it reads in the order they were noted, so
+`‡2` names the same caveat in `qmx leaderboard`, `qmx rank` and the page.
 """
 from __future__ import annotations
 
@@ -17,12 +20,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from analysis.catalog import connect
+from analysis.catalog import _literal, connect
 from analysis.markdown import plural
 from analysis.measures import RELATIVE, Measure
 from analysis.store import CAVEATS_SCHEMA, ResultStore
 
 MARK = "‡"      # beside a marked row's label, numbered: ‡1, ‡2 (the printed leaderboard's † and ⚠ are others)
+LEVEL = "CAST(json_extract({}, '$.concurrency') AS INTEGER)"     # a served figure's load level, from its settings
 
 
 class CaveatError(ValueError):
@@ -34,13 +38,13 @@ class Caveat:
     caveat_id: str
     reason: str
     selection: str        # the SQL condition that selected the figures, as given
-    noted_at: str         # UTC, to the minute
-    figures: int
+    noted_at: datetime
+    figures: int          # the figures it covers that are still current (their cell not remeasured)
     cells: int
 
     def footnote(self, number: int) -> str:
-        return (f"{MARK}{number} {self.reason} (caveat noted {self.noted_at} on {plural(self.figures, 'figure')} "
-                f"of {plural(self.cells, 'cell')}: {self.selection})")
+        return (f"{MARK}{number} {self.reason} (caveat noted {self.noted_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC on "
+                f"{plural(self.figures, 'figure')} of {plural(self.cells, 'cell')}: {self.selection})")
 
 
 def _sweep_of(con: duckdb.DuckDBPyConnection, sweep: str | None) -> str:
@@ -54,23 +58,24 @@ def _sweep_of(con: duckdb.DuckDBPyConnection, sweep: str | None) -> str:
     return sweep
 
 
-# what --where reads: the results view, plus a served figure's load level as columns of its own
-_FIGURES = ("SELECT *, CAST(json_extract(settings, '$.concurrency') AS INTEGER) AS concurrency, "
-            "CAST(json_extract(settings, '$.request_rate') AS DOUBLE) AS request_rate FROM results")
-
-
 def _selected(con: duckdb.DuckDBPyConnection, sweep: str, where: str) -> pa.Table:
     """The figures of `sweep` that `where` selects, with the attempt each was measured in."""
-    # the sweep is filtered first, apart: no condition can reach another sweep's figures
-    sql = (f"SELECT r.cell_id, l.attempt, r.metric, r.settings FROM (SELECT * FROM (SELECT * FROM ({_FIGURES}) "
-           f"WHERE sweep = $sweep) WHERE ({where})) r JOIN latest_runs l ON l.sweep = r.sweep AND l.cell_id = r.cell_id")
+    # what --where reads: the sweep's figures, with a served figure's load level as columns of its own.
+    # A relation's filter parses one expression, nothing more: no condition can reach another sweep.
+    figures = con.sql(f"SELECT *, {LEVEL.format('settings')} AS concurrency, "
+                      f"CAST(json_extract(settings, '$.request_rate') AS DOUBLE) AS request_rate "
+                      f"FROM results WHERE sweep = {_literal(sweep)}")
     try:
-        statements = con.extract_statements(sql)
-        if len(statements) != 1 or statements[0].type.name != "SELECT":
-            raise CaveatError(f"--where takes one SQL condition over the results view's columns, got {where[:80]!r}")
-        return con.sql(sql, params={"sweep": sweep}).to_arrow_table()
+        chosen = figures.filter(where).project("cell_id, metric, settings").to_arrow_table()
     except duckdb.Error as e:
         raise CaveatError(f"--where: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    attempts = dict(con.execute("SELECT cell_id, attempt FROM latest_runs WHERE sweep = ?", [sweep]).fetchall())
+    return chosen.append_column("attempt", pa.array([attempts[c] for c in chosen.column("cell_id").to_pylist()],
+                                                    pa.int32()))
+
+
+def _keys(rows) -> set[tuple]:
+    return {(r["cell_id"], r["attempt"], r["metric"], r["settings"]) for r in rows}
 
 
 def note_caveat(results: str | Path, sweep: str | None, where: str, reason: str) -> tuple[Caveat, str]:
@@ -86,6 +91,12 @@ def note_caveat(results: str | Path, sweep: str | None, where: str, reason: str)
     figures = _selected(con, sweep, where)
     if not figures.num_rows:
         raise CaveatError(f"--where selects no figure of sweep {sweep!r}: nothing noted")
+    wanted = _keys(figures.to_pylist())
+    for cid, in con.execute("SELECT DISTINCT caveat_id FROM caveats WHERE sweep = ? AND reason = ?",
+                            [sweep, reason]).fetchall():
+        if wanted <= _keys(con.sql(f"SELECT * FROM caveats WHERE caveat_id = {_literal(cid)}").to_arrow_table()
+                           .to_pylist()):
+            raise CaveatError(f"caveat {cid} already notes this reason on these figures: nothing noted")
     caveat_id = uuid.uuid4().hex[:8]
     noted = datetime.now(UTC)
     n = figures.num_rows
@@ -93,72 +104,72 @@ def note_caveat(results: str | Path, sweep: str | None, where: str, reason: str)
         .append_column("reason", pa.array([reason] * n)).append_column("selection", pa.array([where] * n)) \
         .append_column("noted_at", pa.array([noted] * n, pa.timestamp("ms", tz="UTC")))
     path = ResultStore(results, sweep).add_caveat(caveat_id, rows.select(CAVEATS_SCHEMA.names))
-    return Caveat(caveat_id, reason, where, _minute(noted), n, len(set(figures.column("cell_id").to_pylist()))), path
+    cells = len(set(figures.column("cell_id").to_pylist()))
+    return Caveat(caveat_id, reason, where, noted.replace(microsecond=0), n, cells), path
 
 
-def _minute(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+# a caveat's rows whose figure is still current: its attempt is its cell's committed one
+_CURRENT = ("FROM caveats c JOIN latest_runs l ON l.sweep = c.sweep AND l.cell_id = c.cell_id "
+            "AND l.attempt = c.attempt AND l.status = 'ok'")
 
 
 def caveats(con: duckdb.DuckDBPyConnection, where: str = "true", params: list | None = None) -> tuple[Caveat, ...]:
-    """The caveats noted in the sweeps `where` selects, oldest first (their numbers on a page)."""
-    rows = con.execute(f"SELECT caveat_id, any_value(reason), any_value(selection), min(noted_at), count(*), "
-                       f"count(DISTINCT cell_id) FROM caveats WHERE {where} GROUP BY caveat_id "
-                       f"ORDER BY min(noted_at), caveat_id", params or []).fetchall()
-    return tuple(Caveat(cid, reason, sel, _minute(at), n, cells) for cid, reason, sel, at, n, cells in rows)
-
-
-def caveats_shown(con: duckdb.DuckDBPyConnection, where: str, params: list, rows: list[dict]) -> tuple[Caveat, ...]:
-    """The caveats that mark some of `rows` (leaderboard or serving rows): a caveat whose figures were all
-    remeasured since marks nothing, and gets no footnote."""
-    used = {i for r in rows for i in r.get("caveat_ids") or ()}
-    return tuple(c for c in caveats(con, where, params) if c.caveat_id in used)
+    """The current caveats of the sweeps `where` selects (over `sweep`), oldest first: their numbers."""
+    rows = con.execute(f"SELECT c.caveat_id, any_value(c.reason), any_value(c.selection), min(c.noted_at), "
+                       f"count(*), count(DISTINCT c.cell_id) {_CURRENT} WHERE c.sweep IN "
+                       f"(SELECT DISTINCT sweep FROM runs WHERE {where}) GROUP BY c.caveat_id "
+                       f"ORDER BY min(c.noted_at), c.caveat_id", params or []).fetchall()
+    return tuple(Caveat(*r) for r in rows)
 
 
 def numbering(noted: tuple[Caveat, ...]) -> dict[str, int]:
-    """Each caveat's footnote number, in the order given."""
+    """Each caveat's number, in the order given (`caveats`' order)."""
     return {c.caveat_id: i for i, c in enumerate(noted, 1)}
 
 
-def marks(ids: list[str] | None, numbers: dict[str, int]) -> str:
+def numbered(ids: list[str] | tuple[str, ...] | None, numbers: dict[str, int]) -> list[tuple[int, str]]:
+    """A row's caveats as (number, id), by number."""
+    return sorted((numbers[i], i) for i in ids or () if i in numbers)
+
+
+def marks(ids: list[str] | tuple[str, ...] | None, numbers: dict[str, int]) -> str:
     """A row's marks, e.g. ` ‡1 ‡2` (empty for a row without caveats)."""
-    return "".join(f" {MARK}{numbers[i]}" for i in sorted(ids or (), key=lambda i: numbers.get(i, 0)) if i in numbers)
+    return "".join(f" {MARK}{n}" for n, _ in numbered(ids, numbers))
 
 
-def on_measure(con: duckdb.DuckDBPyConnection, measure: Measure, sweep: str | None = None) -> dict[tuple[str, str], tuple[str, ...]]:
-    """(sweep, cell_id) -> the caveats on the figures `measure` reads for that cell (a baseline-relative
-    measure: the cell's own figure of the metric it needs; a served one: its load level's)."""
+def footnotes(noted: tuple[Caveat, ...], rows) -> list[str]:
+    """The footnotes of the caveats that mark some of `rows`, numbered as in `noted`."""
+    used = {i for r in rows for i in r.get("caveat_ids") or ()}
+    return [c.footnote(n) for n, c in enumerate(noted, 1) if c.caveat_id in used]
+
+
+def on_measure(con: duckdb.DuckDBPyConnection, measure: Measure,
+               sweep: str | None = None) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(sweep, cell_id) -> the caveats on the figures `measure` reads for that cell: a served one, its load
+    level's; a baseline-relative one, the cell's own figure of the metric it needs and its baseline's."""
     metric = measure.metric or RELATIVE[measure.name][2]
     # the caveats table and the committed attempts only: the figures' own view would be read whole
-    sql = ("SELECT c.sweep, c.cell_id, list_sort(list(DISTINCT c.caveat_id)) FROM caveats c JOIN latest_runs l "
-           "ON l.sweep = c.sweep AND l.cell_id = c.cell_id AND l.attempt = c.attempt AND l.status = 'ok' "
-           "WHERE c.metric = ?")
-    params: list = [metric]
+    sql, params = f"SELECT c.sweep, c.cell_id, c.caveat_id {_CURRENT} WHERE c.metric = ?", [metric]
     if measure.concurrency is not None:
-        sql += " AND CAST(json_extract(c.settings, '$.concurrency') AS INTEGER) = ?"
+        sql += f" AND {LEVEL.format('c.settings')} = ?"
         params.append(measure.concurrency)
     if sweep:
         sql += " AND c.sweep = ?"
         params.append(sweep)
-    return {(sw, cid): tuple(ids) for sw, cid, ids in con.execute(sql + " GROUP BY ALL", params).fetchall()}
+    found: dict[tuple[str, str], set[str]] = {}
+    for sw, cid, caveat_id in con.execute(sql, params).fetchall():
+        found.setdefault((sw, cid), set()).add(caveat_id)
+    if measure.name in RELATIVE and found:
+        for sw, cid, base in con.execute("SELECT sweep, cell_id, baseline_cell_id FROM baseline_of").fetchall():
+            found.setdefault((sw, cid), set()).update(found.get((sw, base), ()))
+    return {key: tuple(sorted(ids)) for key, ids in found.items() if ids}
 
 
-def reasons_on(con: duckdb.DuckDBPyConnection, measures: list[Measure],
-               sweep: str | None = None) -> dict[tuple[str, str], tuple[str, ...]]:
-    """(sweep, cell_id) -> the reasons of the caveats on any of those measures' figures of the cell."""
-    reasons = {c.caveat_id: c.reason for c in caveats(con)}
+def ids_on(con: duckdb.DuckDBPyConnection, measures: list[Measure],
+           sweep: str | None = None) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(sweep, cell_id) -> the caveats on any of those measures' figures of the cell."""
     out: dict[tuple[str, str], set[str]] = {}
     for m in measures:
         for key, ids in on_measure(con, m, sweep).items():
-            out.setdefault(key, set()).update(reasons[i] for i in ids)
+            out.setdefault(key, set()).update(ids)
     return {key: tuple(sorted(v)) for key, v in out.items()}
-
-
-def footnoted(rows: list[dict], doubted: dict[tuple[str, str], tuple[str, ...]]) -> list[str]:
-    """Marks each row's label with its caveats' numbers (`bf16 ‡1`), numbered in row order, and returns
-    the footnote lines (`‡1 reason`) to print under the table."""
-    numbers: dict[str, int] = {}
-    for r in rows:
-        for reason in doubted.get((r["sweep"], r["cell_id"]), ()):
-            r["label"] += f" {MARK}{numbers.setdefault(reason, len(numbers) + 1)}"
-    return [f"{MARK}{n} under a caveat: {reason}" for reason, n in numbers.items()]

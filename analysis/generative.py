@@ -74,18 +74,19 @@ def generative_table(con, where: str = "true", params: list | None = None,
     leaderboard's ranking), else by sweep, model and label."""
     names = [*FIGURES, *_STDERRS]
     marks = ", ".join("?" for _ in names)
-    found = con.sql(f"SELECT sweep, model, label, engine, kv_cache_dtype, cell_id, metric, value, settings "
+    found = con.sql(f"SELECT sweep, model, label, engine, kv_cache_dtype, cell_id, metric, value, settings, caveat_ids "
                     f"FROM results WHERE metric IN ({marks}) AND ({where})",
                     params=[*names, *(params or [])]).to_arrow_table().to_pylist()
     columns: dict[Column, tuple[int, float]] = {}
-    shared: dict[tuple[str, str, str, str], None] = {}
+    shared: dict[tuple[str, str, str, str], tuple[int, float]] = {}     # -> its column's place: names in order
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in found:
         metric = _STDERRS.get(r["metric"], r["metric"])
         settings = json.loads(r["settings"] or "{}")
         rank, column = _column(metric, settings)
         row = rows.setdefault((r["sweep"], r["cell_id"]), {k: r[k] for k in (
-            "sweep", "model", "label", "engine", "kv_cache_dtype", "cell_id")})
+            "sweep", "model", "label", "engine", "kv_cache_dtype", "cell_id")} | {"caveat_ids": []})
+        row["caveat_ids"] = sorted({*row["caveat_ids"], *(r["caveat_ids"] or ())})     # those of its figures here
         if r["metric"] in _STDERRS:
             row[f"{column.title} ±"] = r["value"]
             continue
@@ -95,11 +96,12 @@ def generative_table(con, where: str = "true", params: list | None = None,
         rest = {k: v for k, v in settings.items() if k not in (*_PER_CELL, figure.split_by)}
         if rest:
             shared[(r["sweep"], r["model"], column.title if figure.split_by else figure.name,
-                    json.dumps(rest, sort_keys=True))] = None
+                    json.dumps(rest, sort_keys=True))] = rank
     position = {cell: i for i, cell in enumerate(order or [])}
     ordered = sorted(rows.values(), key=lambda r: (r["sweep"], r["model"], position.get(r["cell_id"], len(position)),
                                                    r["label"]))
-    return GenerativeTable(tuple(sorted(columns, key=columns.get)), tuple(ordered), tuple(shared))
+    return GenerativeTable(tuple(sorted(columns, key=columns.get)), tuple(ordered),
+                           tuple(sorted(shared, key=lambda k: (shared[k], k))))
 
 
 def settings_lines(t: GenerativeTable, sweep: str, model: str) -> list[str]:
@@ -126,14 +128,16 @@ def cell_text(row: dict[str, Any], column: Column) -> str:
     return fmt(v, column.spec) + (f" ± {se:{column.spec}}" if v is not None and se is not None else "")
 
 
-def render_markdown(t: GenerativeTable) -> str:
+def render_markdown(t: GenerativeTable, numbers: dict[str, int] | None = None) -> str:
     """One table per sweep and model, under the lines of what it was measured with; a KV column where the
-    KV-cache dtype varies (its damage shows here)."""
+    KV-cache dtype varies (its damage shows here). `numbers`: the caveats' (analysis.caveats.numbering)."""
+    from analysis.caveats import marks
+
     out: list[str] = []
     for sweep, model, mine, shown in groups(t):
         kv = len({r["kv_cache_dtype"] for r in mine}) > 1
         header = ["cell", *(["KV"] if kv else []), "engine", *(c.title for c in shown)]
-        body = [[r["label"], *([r["kv_cache_dtype"]] if kv else []), r["engine"],
+        body = [[r["label"] + marks(r["caveat_ids"], numbers or {}), *([r["kv_cache_dtype"]] if kv else []), r["engine"],
                  *(cell_text(r, c) for c in shown)] for r in mine]
         out += [f"### {model} (sweep {sweep})", "", *settings_lines(t, sweep, model), "",
                 *table(header, body, left=("cell", "KV", "engine")), ""]

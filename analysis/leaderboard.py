@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from analysis.catalog import check_sweep, connect
-from analysis.caveats import caveats_shown, marks, numbering
+from analysis.caveats import caveats, footnotes, marks, numbering
 from analysis.generative import INTRO as GENERATIVE_INTRO
 from analysis.generative import generative_table
 from analysis.generative import render_markdown as render_generative_markdown
@@ -20,6 +20,8 @@ from matrix.spec import ServingSpec, absent_means
 
 DENSE = "†"
 FLAGGED = "⚠"
+SANITY = ("a sanity gate flagged the cell (characters per token, baseline perplexity or window length out of "
+          "range): its runs.notes say which; do not trust its figures unread")
 
 
 def _ppl(r: dict) -> str:
@@ -175,20 +177,20 @@ def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     if any(r["decode_tokens_per_s_min"] is not None for r in rows):
         out.append("decode tok/s: median (min–max) over the repeats.")
     if any(r["sanity_flags"] for r in rows):
-        out.append(f"{FLAGGED} a sanity gate flagged the cell (characters per token, baseline perplexity or window "
-                   f"length out of range): its runs.notes say which; do not trust its figures unread.")
+        out.append(f"{FLAGGED} {SANITY}.")
     if any(r["ran_dense"] for r in rows):
         out.append(f"{DENSE} ran dense: the engine decompressed the quantized weights at load (weights in use "
                    f"> 1.25 × stored), so its speed and memory are a 16-bit model's, not the format's.")
-    served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
-    noted = caveats_shown(con, where.removeprefix("WHERE ") or "true", params, [*rows, *served])
+    noted = caveats(con, where.removeprefix("WHERE ") or "true", params)
     numbers = numbering(noted)
-    out += [c.footnote(numbers[c.caveat_id]) for c in noted]
+    out += footnotes(noted, rows)
     out += ["", render_markdown(rows, skipped, failed, numbers)]
     generative = generative_table(con, where.removeprefix("WHERE ") or "true", params, [r["cell_id"] for r in rows])
     if generative.rows:
-        out += ["", "## Generation and long context", "", GENERATIVE_INTRO, "", render_generative_markdown(generative)]
+        out += ["", "## Generation and long context", "", GENERATIVE_INTRO, *footnotes(noted, generative.rows), "",
+                render_generative_markdown(generative, numbers)]
+    served = con.sql(f"SELECT * FROM serving {where}", params=params).to_arrow_table().to_pylist()
     if served:
-        out += ["", "## Served latency", "", *serving_profiles([r["settings"] for r in served]), "",
-                render_serving_markdown(served, numbers)]
+        out += ["", "## Served latency", "", *serving_profiles([r["settings"] for r in served]),
+                *footnotes(noted, served), "", render_serving_markdown(served, numbers)]
     return "\n".join(out)

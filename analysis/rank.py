@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import duckdb
 
-from analysis.caveats import reasons_on
+from analysis.caveats import ids_on
 from analysis.measures import Measure, cell_table, concurrency_levels, optional, resolve
 
 # the columns beside the ranked one: baseline-relative first, as the guides compare
@@ -18,7 +18,7 @@ SERVED = ("serving_ttft_ms_p95", "serving_tpot_ms_p95")
 def rank(con: duckdb.DuckDBPyConnection, by: str, sweep: str | None = None, where: str | None = None,
          concurrency: int | None = None) -> tuple[Measure, list[Measure], list[dict]]:
     """(the ranked measure, the measures shown beside it, rows best first with a `rank` per model and the
-    reasons of the caveats on the figures shown, `caveats`)."""
+    caveats on the figures shown, `caveat_ids`)."""
     target = resolve(con, by, concurrency, sweep)
     levels = concurrency_levels(con, sweep)
     level = target.concurrency or concurrency or (levels[0] if levels else None)
@@ -26,9 +26,9 @@ def rank(con: duckdb.DuckDBPyConnection, by: str, sweep: str | None = None, wher
     context += [optional(con, s, level, sweep) for s in SERVED if s != by] if level is not None else []
     context = [m for m in context if m is not None]
     rows = cell_table(con, [target, *context], sweep, where).to_pylist()
-    doubted = reasons_on(con, [target, *context], sweep)
+    doubted = ids_on(con, [target, *context], sweep)
     for r in rows:
-        r["caveats"] = list(doubted.get((r["sweep"], r["cell_id"]), ()))
+        r["caveat_ids"] = list(doubted.get((r["sweep"], r["cell_id"]), ()))
     sign = 1 if target.direction == "lower" else -1
     col = target.column
     rows.sort(key=lambda r: (r["sweep"], r["model"], r[col] is None, sign * (r[col] or 0.0)))

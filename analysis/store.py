@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from analysis.claims import CLAIM_TIMEOUT_S, Claims
 from matrix.results import METRIC_SCHEMA, TABLE_SCHEMAS, RunFacts
 
-SCHEMA_VERSION = 3          # 2: the samples and generations tables; 3: runs.threads
+SCHEMA_VERSION = 4          # 2: the samples and generations tables; 3: runs.threads; 4: the caveats table
 ROW_TABLES = tuple(TABLE_SCHEMAS)      # extra row tables a cell may return (matrix.results)
 TABLES = ("cells", "runs", "metrics", *ROW_TABLES)
 FINISHED = ("ok", "skipped")
@@ -126,7 +126,8 @@ class ResultStore:
     def _dir(self, table: str) -> str:
         return f"{self.base.rstrip('/')}/{table}/sweep={self.sweep}"
 
-    def _write(self, table: str, name: str, rows: pa.Table) -> None:
+    def _write(self, table: str, name: str, rows: pa.Table) -> str:
+        """Write `rows` as the table's file `name`; returns its path."""
         folder = self._dir(table)
         if folder not in self._made:
             self.fs.create_dir(folder, recursive=True)
@@ -134,7 +135,7 @@ class ResultStore:
         final = f"{folder}/{name}.parquet"
         if not self._atomic_rename:
             pq.write_table(rows.cast(SCHEMAS[table]), final, filesystem=self.fs)
-            return
+            return final
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
         try:
             pq.write_table(rows.cast(SCHEMAS[table]), tmp, filesystem=self.fs)
@@ -142,6 +143,7 @@ class ResultStore:
         except BaseException:
             _remove_quietly(self.fs, tmp)       # no partial files, even on Ctrl-C mid-write
             raise
+        return final
 
     def attempts(self) -> dict[str, list[dict[str, Any]]]:
         """Every recorded run per cell id (read with pyarrow: no DuckDB needed on the driver)."""
@@ -233,8 +235,7 @@ class ResultStore:
 
     def add_caveat(self, caveat_id: str, rows: pa.Table) -> str:
         """Write one caveat's rows (`CAVEATS_SCHEMA`, one per figure it covers); returns the file's path."""
-        self._write(CAVEATS, caveat_id, rows)
-        return f"{self._dir(CAVEATS)}/{caveat_id}.parquet"
+        return self._write(CAVEATS, caveat_id, rows)
 
     def compact(self) -> dict[str, int]:
         """Merge the sweep's per-attempt files into one file per table: a reader opens every file on each

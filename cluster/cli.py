@@ -313,6 +313,22 @@ def _markdown_rows(columns: list[tuple[str, str]], rows: list[dict]) -> str:
 _IDENTITY = [("model", "model"), ("cell", "label"), ("engine", "engine"), ("kv", "kv_cache_dtype")]
 
 
+def _caveats(con, sweep: str | None):
+    """The current caveats in scope, numbered as `qmx leaderboard` and the page number them."""
+    from analysis.caveats import caveats
+    return caveats(con, "sweep = ?", [sweep]) if sweep else caveats(con)
+
+
+def _mark_caveats(rows: list[dict], noted) -> str:
+    """Marks each row's label with its caveats' numbers (`bf16 ‡1`); returns their footnotes, to print
+    under the table."""
+    from analysis.caveats import footnotes, marks, numbering
+    numbers = numbering(noted)
+    for r in rows:
+        r["label"] += marks(r.get("caveat_ids"), numbers)
+    return "".join(f"{line}\n" for line in footnotes(noted, rows))
+
+
 @app.command()
 def rank(by: str = typer.Option(..., "--by", help="metric or leaderboard column, e.g. kl_divergence_mean"),
          results: str = RESULTS, sweep: str = SWEEP, where: str = WHERE, concurrency: int = CONCURRENCY,
@@ -321,19 +337,19 @@ def rank(by: str = typer.Option(..., "--by", help="metric or leaderboard column,
     baseline-relative columns beside it. Cells whose min–max ranges overlap share a rank."""
     from analysis.rank import rank as run_rank
 
-    target, context, rows = _decide(lambda con: run_rank(con, by, sweep, where, concurrency), results, sweep)
+    (target, context, rows), noted = _decide(lambda con: (run_rank(con, by, sweep, where, concurrency),
+                                                          _caveats(con, sweep)), results, sweep)
     if fmt == "json":
         keys = ["rank", "tied", "sweep", "model", "label", "engine", "kv_cache_dtype", target.column,
-                *(m.column for m in context), "caveats", "cell_id"]
+                *(m.column for m in context), "caveat_ids", "cell_id"]
         sys.stdout.write(json.dumps([{k: r.get(k) for k in keys} for r in rows], default=str, indent=1) + "\n")
         return
     cols = [("rank", "rank_text"), *_IDENTITY, *((m.header, m.column) for m in (target, *context))]
     for r in rows:
         r["rank_text"] = "–" if r["rank"] is None else f"={r['rank']}" if r["tied"] else str(r["rank"])
-    from analysis.caveats import footnoted
-    notes = footnoted(rows, {(r["sweep"], r["cell_id"]): r["caveats"] for r in rows})
+    notes = _mark_caveats(rows, noted)
     out(f"Ranked by {target.describe()}; '=' marks cells whose measured ranges overlap.")
-    sys.stdout.write(_markdown_rows(cols, rows) + "\n" + "".join(f"{n}\n" for n in notes))
+    sys.stdout.write(_markdown_rows(cols, rows) + "\n" + notes)
 
 
 @app.command()
@@ -342,19 +358,19 @@ def pareto(x: str = typer.Option(..., "--x", help="first axis: a metric or leade
            z: str = typer.Option(None, "--z", help="optional third axis"),
            results: str = RESULTS, sweep: str = SWEEP, where: str = WHERE, concurrency: int = CONCURRENCY):
     """The non-dominated cells per model and engine on the chosen axes, each in its own direction."""
+    from analysis.caveats import ids_on
     from analysis.pareto import pareto as run_pareto
-
-    from analysis.caveats import footnoted, reasons_on
 
     def run(con):
         measures, table = run_pareto(con, axes, sweep, concurrency, where)
-        return measures, table.to_pylist(), reasons_on(con, measures, sweep)
+        doubted = ids_on(con, measures, sweep)
+        rows = [r | {"caveat_ids": doubted.get((r["sweep"], r["cell_id"]))} for r in table.to_pylist()]
+        return measures, rows, _caveats(con, sweep)
     axes = [a for a in (x, y, z) if a]
-    measures, rows, doubted = _decide(run, results, sweep)
-    notes = footnoted(rows, doubted)
+    measures, rows, noted = _decide(run, results, sweep)
+    notes = _mark_caveats(rows, noted)
     out("Pareto set per model and engine on " + ", ".join(m.describe() for m in measures) + ":")
-    sys.stdout.write(_markdown_rows([*_IDENTITY, *((m.header, m.column) for m in measures)], rows) + "\n"
-                     + "".join(f"{n}\n" for n in notes))
+    sys.stdout.write(_markdown_rows([*_IDENTITY, *((m.header, m.column) for m in measures)], rows) + "\n" + notes)
 
 
 @app.command()
@@ -492,8 +508,8 @@ def caveat(reason: str = typer.Argument(..., help="why the figures are not to be
                                                           "concurrency and request_rate, e.g. \"concurrency = 128\""),
            results: str = RESULTS, sweep: str = SWEEP):
     """Note a reason, found after they were measured, not to trust some figures of a sweep. Nothing is
-    rewritten: the reason is stored beside the figures, and the leaderboard, the published page and
-    `qmx query` mark them. A rerun of a cell measures afresh, without the caveat."""
+    rewritten: the reason is stored beside the figures; the leaderboard, the published page, rank, pareto
+    and `qmx query` mark them, and recommend passes no cell on them. A rerun of a cell measures afresh."""
     from analysis.catalog import NoResults
     from analysis.caveats import CaveatError, note_caveat
 

@@ -12,7 +12,7 @@ from matrix.adapters import ADAPTER_MODES
 from matrix.cells import Cell
 from matrix.engines import ENGINES
 from matrix.methods import METHODS, cell_keep_patterns, keep_terms, layer_count
-from matrix.shown import shown
+from matrix.shown import bounded
 
 ModelConfig = dict[str, Any]
 
@@ -114,11 +114,14 @@ def _autoawq_keeps_names(cell: Cell, _: ModelConfig) -> str | None:
 def _autogptq_keeps_lm_head_only(cell: Cell, _: ModelConfig) -> str | None:
     # AutoGPTQ quantizes every linear inside the decoder blocks and never lm_head, and takes no list of
     # modules to keep: any other value would be measured as lm_head without a word
-    value = dict(cell.options).get("ignore") if cell.backend == "autogptq" else None
-    if value is None or keep_terms(value) == ("lm_head",):
+    option = METHODS[cell.method].keep_option
+    value = dict(cell.options).get(option.name) if cell.backend == "autogptq" and option else None
+    terms = keep_terms(value) if value is not None else ("lm_head",)
+    if terms == ("lm_head",):
         return None
-    asked = shown(", ".join(keep_terms(value))) if keep_terms(value) else "an empty list"
-    return f"option ignore: backend autogptq keeps exactly lm_head (it quantizes every decoder linear), not {asked}"
+    asked = ", ".join(terms) or "an empty list"
+    return bounded(f"option {option.name}: backend autogptq keeps exactly lm_head (it quantizes every decoder "
+                   f"linear), not {asked}")
 
 
 def _gguf_needs_16bit_start(cell: Cell, _: ModelConfig) -> str | None:

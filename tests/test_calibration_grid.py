@@ -171,12 +171,12 @@ def test_a_legacy_backend_skips_the_keep_values_it_cannot_honour():
     ran = sorted((c.backend, c.label) for c in e.cells if not c.is_baseline)
     assert ran == [("autoawq", "awq w4 g64 ignore=lm_head,down_proj"), ("autogptq", "gptq w4 g64 ignore=lm_head"),
                    ("gptqmodel", "gptq w4 g64 ignore=lm_head,down_proj")]
-    skipped = {(s.cell.backend, s.rule, s.reason.rsplit(" not ", 1)[1]) for s in e.skipped}
-    assert skipped == {("autogptq", "autogptq-keeps-lm-head", "'lm_head, down_proj'"),
-                       ("autogptq", "autogptq-keeps-lm-head", "'re:.*down_proj'"),
-                       ("autogptq", "autogptq-keeps-lm-head", "an empty list"),
-                       ("autoawq", "autoawq-keeps-names", "first:1"),
-                       ("autoawq", "autoawq-keeps-names", "model.layers.0.mlp")}
+    gptq = "option ignore: backend autogptq keeps exactly lm_head (it quantizes every decoder linear), not "
+    awq = "option ignore: backend autoawq keeps modules by plain name only (down_proj), not "
+    assert {(s.rule, s.reason) for s in e.skipped} == {
+        ("autogptq-keeps-lm-head", gptq + "lm_head, down_proj"), ("autogptq-keeps-lm-head", gptq + "re:.*down_proj"),
+        ("autogptq-keeps-lm-head", gptq + "an empty list"),
+        ("autoawq-keeps-names", awq + "first:1"), ("autoawq-keeps-names", awq + "model.layers.0.mlp")}
 
 
 def test_presets_are_an_axis_priced_by_the_estimate():

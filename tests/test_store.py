@@ -59,7 +59,7 @@ def test_uri_store_writes_every_table_atomically_and_resumes(store_uri):
     reopened = ResultStore(uri, "s")                 # a fresh driver: the index is read back from the URI
     assert reopened.finished_cell_ids() == {base.cell_id, nf4.cell_id}
     assert reopened.next_attempt(nf4.cell_id) == 3
-    assert SCHEMA_VERSION == 3 and {"samples", "generations"} <= set(SCHEMAS)
+    assert SCHEMA_VERSION == 4 and {"samples", "generations", "caveats"} <= set(SCHEMAS)
 
 
 def test_views_show_the_latest_successful_attempt(store_uri):

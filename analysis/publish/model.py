@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from analysis.caveats import Caveat, caveats_shown
+from analysis.caveats import Caveat, caveats
 from analysis.catalog import connect
 from analysis.generative import GenerativeTable, generative_table
 from analysis.recommend import Gates, Recommendation, recommend
@@ -57,7 +57,7 @@ class PublishedResults:
     generative: GenerativeTable | None = None    # GSM8K, JSON, long context (analysis.generative), where measured
     gates: Gates | None = None                   # the team's gates, where given
     recommendations: tuple[Recommendation, ...] = ()     # one per sweep and model under the gates
-    caveats: tuple[Caveat, ...] = ()             # those marking a row here, numbered in this order
+    caveats: tuple[Caveat, ...] = ()             # the current ones, numbered in this order (analysis.caveats)
 
 
 def _rows(con, sql: str, params: list) -> tuple[dict[str, Any], ...]:
@@ -151,4 +151,4 @@ def gather(results: str | Path, sweep: str | None = None, gates: Gates | None = 
         fronts=_fronts(con, sweep), generative=generative_table(con, where, params, [r["cell_id"] for r in rows]),
         gates=gates,
         recommendations=tuple(recommend(con, gates, sweep)) if gates is not None else (),
-        caveats=caveats_shown(con, where, params, [*rows, *serving]))
+        caveats=caveats(con, where, params))

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from analysis.caveats import MARK
 from analysis.publish.model import PublishedResults
 
 _RC = {
@@ -61,7 +62,7 @@ def _hollow(ax, points: list[tuple[float, float]], colour) -> None:
         ax.scatter(*zip(*points), s=34, facecolors="white", edgecolors=colour, linewidths=1.2, zorder=4)
 
 
-_HOLLOW_NOTE = "Hollow points: figures under a caveat (‡ in the tables, with the reason)."
+_HOLLOW_NOTE = f"Hollow points: figures under a caveat ({MARK} in the tables, with the reason)."
 
 
 def _cell_name(r: dict, rows) -> str:

@@ -11,6 +11,8 @@ def render(m: PublishedResults) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=m.columns, lineterminator="\n")
     writer.writeheader()
-    # a list (caveat_ids) as one field, its items joined
-    writer.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in r.items()} for r in m.rows)
+    reasons = {c.caveat_id: c.reason for c in m.caveats}
+    # a row's caveats as one field a reader can resolve: `<id>: <reason>`, joined
+    writer.writerows({**r, "caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in r["caveat_ids"] or () if i in reasons)}
+                     for r in m.rows)
     return buf.getvalue()

@@ -15,8 +15,8 @@ from typing import Any
 from analysis.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
 from analysis.generative import INTRO as GENERATIVE_INTRO
 from analysis.generative import cell_text, groups, settings_lines
-from analysis.caveats import MARK, numbering
-from analysis.leaderboard import DENSE, FLAGGED, serving_profiles
+from analysis.caveats import MARK, footnotes, numbered, numbering
+from analysis.leaderboard import DENSE, FLAGGED, SANITY, serving_profiles
 from analysis.markdown import fmt, settings_line
 from analysis.publish import to_json
 from analysis.publish.model import PublishedResults
@@ -173,7 +173,7 @@ tbody tr:hover{background:#f3f7fc}
 .tag{display:inline-block;margin-left:6px;padding:0 5px;border-radius:3px;font-size:11px;background:#e3f1e6;
 color:#22663a}
 .tag.best{background:#fff1c9;color:#7a5a00}.tag.base{background:#e8ecf2;color:#3d4b5c}
-.tag.caveat{background:#fde2e1;color:#8a1f1c}
+.tag.caveat,.tag.sanity{background:#fde2e1;color:#8a1f1c}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
 figure{margin:0;padding:8px;border:1px solid #eceff3;border-radius:4px}
 figure svg{max-width:100%;height:auto;display:block}
@@ -236,16 +236,11 @@ FRONT_TAGS = {"decode_tokens_per_s": ("speed front", "on the Pareto front of per
               "weight_bytes": ("memory front", "on the Pareto front of perplexity vs weight memory")}
 
 
-_SANITY = "a sanity gate flagged the cell (characters per token, baseline perplexity or window length out of " \
-          "range): its runs.notes say which; do not trust its figures unread"
-
-
 def _caveat_marks(m: PublishedResults) -> Callable[[dict], str]:
     """A row's caveats, each its footnote number with the reason on hover (the footnotes say it in full)."""
     numbers, reasons = numbering(m.caveats), {c.caveat_id: c.reason for c in m.caveats}
-    return lambda r: "".join(f'<span class="tag caveat" title="{_e(reasons[i])}">{MARK}{numbers[i]}</span>'
-                             for i in sorted(r.get("caveat_ids") or (), key=lambda i: numbers.get(i, 0))
-                             if i in numbers)
+    return lambda r: "".join(f'<span class="tag caveat" title="{_e(reasons[i])}">{MARK}{n}</span>'
+                             for n, i in numbered(r.get("caveat_ids"), numbers))
 
 
 def _marks(m: PublishedResults) -> Callable[[dict], str]:
@@ -261,16 +256,9 @@ def _marks(m: PublishedResults) -> Callable[[dict], str]:
             if r["cell_id"] in m.fronts.get(axis, ()):
                 out += f'<span class="tag" title="{_e(title)}">{_e(tag)}</span>'
         if r.get("sanity_flags"):
-            out += f'<span class="tag caveat" title="{_e(_SANITY)}">{FLAGGED} sanity</span>'
+            out += f'<span class="tag sanity" title="{_e(SANITY)}">{FLAGGED} sanity</span>'
         return out + caveat_marks(r)
     return marks
-
-
-def _footnotes(m: PublishedResults, rows) -> list[str]:
-    """The footnotes of the caveats marking some of `rows`."""
-    used = {i for r in rows for i in r.get("caveat_ids") or ()}
-    numbers = numbering(m.caveats)
-    return [c.footnote(numbers[c.caveat_id]) for c in m.caveats if c.caveat_id in used]
 
 
 def _conventions(m: PublishedResults) -> str:
@@ -280,7 +268,7 @@ def _conventions(m: PublishedResults) -> str:
     if any(r.get("ran_dense") for r in m.rows):
         lines.append(f"{DENSE} ran dense: the engine decompressed the quantized weights at load, so its speed and "
                      f"memory are a 16-bit model's, not the format's.")
-    lines += _footnotes(m, m.rows)
+    lines += footnotes(m.caveats, m.rows)
     return "".join(f'<p class="note">{_e(line)}</p>' for line in lines)
 
 
@@ -290,7 +278,7 @@ def render(m: PublishedResults) -> str:
     served = ""
     if m.serving:
         profiles = "".join(f'<p class="note">{_e(line)}</p>' for line in
-                           [*serving_profiles([r["settings"] for r in m.serving]), *_footnotes(m, m.serving)])
+                           [*serving_profiles([r["settings"] for r in m.serving]), *footnotes(m.caveats, m.serving)])
         table = _table("serving-table", _serving_columns(m.serving_percentile), m.serving, _caveat_marks(m))
         served = f'<section id="serving"><h2>Served latency</h2>{profiles}<div class="scroll">{table}</div></section>'
     generative = ""
@@ -298,9 +286,10 @@ def render(m: PublishedResults) -> str:
         parts = []
         for i, (sweep, model, rows, shown) in enumerate(groups(m.generative)):
             columns = _DIMENSIONS + tuple(Column(c.title, c.title, lambda r, c=c: cell_text(r, c)) for c in shown)
-            notes = "".join(f'<p class="note">{_e(line)}</p>' for line in settings_lines(m.generative, sweep, model))
+            notes = "".join(f'<p class="note">{_e(line)}</p>' for line in
+                            [*settings_lines(m.generative, sweep, model), *footnotes(m.caveats, rows)])
             parts.append(f'<h3>{_e(model)} (sweep {_e(sweep)})</h3>{notes}<div class="scroll">'
-                         f'{_table(f"generative-table-{i}", columns, rows)}</div>')
+                         f'{_table(f"generative-table-{i}", columns, rows, _caveat_marks(m))}</div>')
         generative = (f'<section id="generative"><h2>Generation and long context</h2>'
                       f'<p class="note">{_e(GENERATIVE_INTRO)}</p>{"".join(parts)}</section>')
     return "".join([

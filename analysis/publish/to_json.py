@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from datetime import datetime
 from typing import Any
 
 from analysis.publish.model import PublishedResults
@@ -22,6 +23,8 @@ def _plain(value: Any) -> Any:
         return sorted(_plain(v) for v in value)
     if isinstance(value, float) and not math.isfinite(value):
         return None          # JSON has no NaN or infinity
+    if isinstance(value, datetime):
+        return value.isoformat()
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)        # timestamps and the like
