@@ -129,7 +129,8 @@ def render_serving_markdown(rows: list[dict], numbers: dict[str, int] | None = N
     """Served latency, one table per model, one row per cell and load level (empty when nothing was served)."""
     out: list[str] = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        body = [[r["label"] + marks(r.get("caveat_ids"), numbers or {}), _load_level(r), _triple(r, "ttft_ms", ".1f"), _triple(r, "tpot_ms", ".2f"),
+        body = [[r["label"] + marks(r.get("caveat_ids"), numbers or {}), _load_level(r),
+                 _triple(r, "ttft_ms", ".1f"), _triple(r, "tpot_ms", ".2f"),
                  fmt(r["requests_per_s"], ".2f"), fmt(r["output_tokens_per_s"], ".0f"), fmt(r["goodput"], ".2f"),
                  f"{fmt(r['requests_ok'], '.0f')} / {fmt(r['requests_failed'], '.0f')}"] for r in rows
                 if r["model"] == model]

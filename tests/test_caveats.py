@@ -2,13 +2,15 @@
 the views, the printed leaderboard, the published page and the recommendation all carry it."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
 
+import pyarrow as pa
 import pytest
 from conftest import ROOT
-from recorded_stores import CELLS, cell, record_store
+from recorded_stores import CELLS, _metrics, cell, record_store
 from typer.testing import CliRunner
 
 from analysis.catalog import connect
@@ -17,6 +19,7 @@ from analysis.publish import publish
 from analysis.recommend import Gates, recommend
 from analysis.store import ResultStore
 from cluster.cli import app
+from matrix.results import METRIC_SCHEMA
 
 REASON = "the load generator repeated prompts at c=4"
 
@@ -85,8 +88,6 @@ def test_caveats_number_in_the_order_noted_and_a_rerun_measures_afresh(tmp_path)
     assert re.search(r"^\| \d \| nf4 w4 ‡1 \|", text, re.M)       # the leaderboard row: its own figure
     assert _served_labels(text, "c=4")["nf4 w4"] == "‡2"           # the served row: the served caveat only
     # gptq is remeasured: its new attempt carries neither caveat
-    import pyarrow as pa
-    from recorded_stores import _metrics
     _, backend, bits, group, *figures = CELLS["gptq w4 g64"]
     store.record(cell("m", "gptq", backend, bits, group), 2, {"status": "ok", "seconds": 1.0},
                  pa.Table.from_pylist(_metrics(*figures).to_pylist()))
@@ -123,9 +124,11 @@ def test_a_condition_cannot_reach_another_sweep(tmp_path):
         assert res.exit_code == 2 and res.output.startswith("--where: ParserException"), res.output
     assert not (root / "caveats").exists()
     # an expression may read other sweeps (a subquery); it still selects among this sweep's figures only
-    res = _caveat(root, REASON, "cell_id IN (SELECT cell_id FROM results WHERE sweep = 't') -- every cell", "--sweep", "s")
+    res = _caveat(root, REASON, "cell_id IN (SELECT cell_id FROM results WHERE sweep = 't') -- every cell",
+                  "--sweep", "s")
     assert res.exit_code == 0 and "on 48 figures of 4 cells" in res.output, res.output
-    assert connect(root).execute("SELECT DISTINCT sweep FROM results WHERE caveat_ids IS NOT NULL").fetchall() == [("s",)]
+    marked = connect(root).execute("SELECT DISTINCT sweep FROM results WHERE caveat_ids IS NOT NULL").fetchall()
+    assert marked == [("s",)]
 
 
 def test_compaction_keeps_the_caveats(tmp_path):
@@ -163,7 +166,8 @@ def test_a_caveat_needs_a_reason_and_one_sweep(tmp_path):
     assert not (root / "caveats").exists()
 
 
-@pytest.mark.parametrize("folder, sweep", [("h200-2026-12-01", "h200-llama7b"), ("h200-2026-12-02-c", "h200-llama7b-bf16")])
+@pytest.mark.parametrize("folder, sweep", [("h200-2026-12-01", "h200-llama7b"),
+                                           ("h200-2026-12-02-c", "h200-llama7b-bf16")])
 def test_the_h200_stores_mark_the_c128_rows_whose_prompts_repeated(folder, sweep):
     """The committed H200 stores whose served c=128 level reused prompts (README there) carry a caveat on
     exactly those rows, and their committed pages show it."""
@@ -230,8 +234,6 @@ def test_the_same_caveat_twice_is_refused_and_a_rerun_updates_the_counts(tmp_pat
     again = _caveat(root, REASON, "concurrency = 4 AND label <> 'bf16'")      # a subset of the same figures
     assert again.exit_code == 2 and "already notes this reason on these figures" in again.output
     assert len(list((root / "caveats").rglob("*.parquet"))) == 1
-    import pyarrow as pa
-    from recorded_stores import _metrics
     _, backend, bits, group, *figures = CELLS["gptq w4 g64"]
     store.record(cell("m", "gptq", backend, bits, group), 2, {"status": "ok", "seconds": 1.0},
                  pa.Table.from_pylist(_metrics(*figures).to_pylist()))
@@ -239,16 +241,10 @@ def test_the_same_caveat_twice_is_refused_and_a_rerun_updates_the_counts(tmp_pat
 
 
 def test_a_figure_without_settings_and_the_csv(tmp_path):
-    import csv
-
-    import pyarrow as pa
-    from matrix.results import METRIC_SCHEMA
-
     root = tmp_path / "results"
     store = record_store(root)
     row = {"metric": "quantize_seconds", "value": 12.0, "unit": "s", "direction": "lower", "settings": None}
     _, backend, bits, group, *figures = CELLS["gptq w4 g64"]
-    from recorded_stores import _metrics
     metrics = pa.concat_tables([_metrics(*figures), pa.Table.from_pylist([row], schema=METRIC_SCHEMA)])
     store.record(cell("m", "gptq", backend, bits, group), 2, {"status": "ok", "seconds": 1.0}, metrics)
     res = _caveat(root, "build timed on a busy box", "metric = 'quantize_seconds'")
