@@ -38,6 +38,8 @@ from pathlib import Path
 
 import duckdb
 
+from analysis.generative import FIGURES as GENERATIVE, _STDERRS as GENERATIVE_STDERRS
+from analysis.measures import RELATIVE
 from analysis.pareto import DEFAULT_AXES, pareto_sql
 from analysis.store import CAVEATS, ROW_TABLES, SCHEMAS, TABLES, local_path
 
@@ -78,11 +80,12 @@ CREATE TABLE cell_metrics AS     -- a table: the leaderboard joins it three time
          max(value) FILTER (metric = 'quantize_seconds') AS quantize_seconds,
          max(value) FILTER (metric = 'chars_per_token') AS chars_per_token,
          max(value) FILTER (metric = 'sanity_flags') AS sanity_flags,
-         -- a served figure's caveat marks its load level's row in `serving`, not the whole cell
-         list_distinct(flatten(list(caveat_ids) FILTER (NOT starts_with(metric, 'serving_')))) AS caveat_ids,
+         -- a served figure's caveat marks its load level's row in `serving`, a generation figure's its row
+         -- in the generation table: not the whole cell
+         list_distinct(flatten(list(caveat_ids) FILTER (NOT starts_with(metric, 'serving_')
+                                                        AND metric NOT IN ({generative})))) AS caveat_ids,
          -- those on the figures other cells' Δ, speedup, reduction and recovery are computed against
-         list_distinct(flatten(list(caveat_ids) FILTER (metric IN ('perplexity', 'accuracy', 'decode_tokens_per_s',
-                                                                   'weight_bytes')))) AS relative_caveat_ids
+         list_distinct(flatten(list(caveat_ids) FILTER (metric IN ({relative})))) AS relative_caveat_ids
   FROM results GROUP BY sweep, cell_id;
 CREATE TABLE metric_catalog AS   -- what each sweep measured: a measure's unit, direction and load levels at a glance
   SELECT sweep, metric, any_value(unit) AS unit, list(DISTINCT direction ORDER BY direction) AS directions,
@@ -231,10 +234,16 @@ def connect(results: str | Path) -> duckdb.DuckDBPyConnection:
         else:   # keep every view defined even when, say, only skipped cells exist
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in SCHEMAS[table]) + ", NULL::VARCHAR AS sweep"
             con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
-    con.execute(_VIEWS)
+    con.execute(_VIEWS.format(generative=_names([*GENERATIVE, *GENERATIVE_STDERRS]),
+                              relative=_names(source for *_, source in RELATIVE.values())))
     con.execute(f"CREATE VIEW pareto AS {pareto_sql('leaderboard', DEFAULT_AXES)}")
     _lock_down(con, prefix)
     return con
+
+
+def _names(names) -> str:
+    """SQL string literals, comma-separated: `'a', 'b'`."""
+    return ", ".join(map(_literal, names))
 
 
 def _literal(text: str) -> str:

@@ -7,8 +7,8 @@ printed tables, the published page and the decisions mark those figures and say 
 cell is a new attempt, a new measurement: its figures carry no caveat, and a caveat none of whose
 figures is current any more is gone from every output. Deleting a caveat's file removes it.
 
-Every output numbers the current caveats of the sweeps it reads in the order they were noted, so
-`‡2` names the same caveat in `qmx leaderboard`, `qmx rank` and the page.
+Every output numbers the store's current caveats in the order they were noted, so `‡2` names the
+same caveat in `qmx leaderboard`, `qmx rank` and the page, whichever sweeps each shows.
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ class Caveat:
     caveat_id: str
     reason: str
     selection: str        # the SQL condition that selected the figures, as given
-    noted_at: datetime
+    noted_at: datetime    # UTC
     figures: int          # the figures it covers that are still current (their cell not remeasured)
     cells: int
 
     def footnote(self, number: int) -> str:
-        return (f"{MARK}{number} {self.reason} (caveat noted {self.noted_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC on "
+        return (f"{MARK}{number} {self.reason} (caveat noted {self.noted_at:%Y-%m-%d %H:%M} UTC on "
                 f"{plural(self.figures, 'figure')} of {plural(self.cells, 'cell')}: {self.selection})")
 
 
@@ -74,10 +74,6 @@ def _selected(con: duckdb.DuckDBPyConnection, sweep: str, where: str) -> pa.Tabl
                                                     pa.int32()))
 
 
-def _keys(rows) -> set[tuple]:
-    return {(r["cell_id"], r["attempt"], r["metric"], r["settings"]) for r in rows}
-
-
 def note_caveat(results: str | Path, sweep: str | None, where: str, reason: str) -> tuple[Caveat, str]:
     """Note `reason` on the figures `where` selects in `sweep` (optional where the store holds one);
     returns the caveat and its file. Raises CaveatError before writing anything when it cannot."""
@@ -91,12 +87,13 @@ def note_caveat(results: str | Path, sweep: str | None, where: str, reason: str)
     figures = _selected(con, sweep, where)
     if not figures.num_rows:
         raise CaveatError(f"--where selects no figure of sweep {sweep!r}: nothing noted")
-    wanted = _keys(figures.to_pylist())
-    for cid, in con.execute("SELECT DISTINCT caveat_id FROM caveats WHERE sweep = ? AND reason = ?",
-                            [sweep, reason]).fetchall():
-        if wanted <= _keys(con.sql(f"SELECT * FROM caveats WHERE caveat_id = {_literal(cid)}").to_arrow_table()
-                           .to_pylist()):
-            raise CaveatError(f"caveat {cid} already notes this reason on these figures: nothing noted")
+    # a figure that already carries this reason (any caveat, any letter case) is not noted again
+    noted_before = set(con.execute("SELECT cell_id, attempt, metric, settings FROM caveats WHERE sweep = ? "
+                                   "AND lower(reason) = lower(?)", [sweep, reason]).fetchall())
+    keys = zip(*(figures.column(k).to_pylist() for k in ("cell_id", "attempt", "metric", "settings")))
+    figures = figures.filter(pa.array([k not in noted_before for k in keys], pa.bool_()))
+    if not figures.num_rows:
+        raise CaveatError("every figure selected already carries this reason: nothing noted")
     caveat_id = uuid.uuid4().hex[:8]
     noted = datetime.now(UTC)
     n = figures.num_rows
@@ -113,13 +110,12 @@ _CURRENT = ("FROM caveats c JOIN latest_runs l ON l.sweep = c.sweep AND l.cell_i
             "AND l.attempt = c.attempt AND l.status = 'ok'")
 
 
-def caveats(con: duckdb.DuckDBPyConnection, where: str = "true", params: list | None = None) -> tuple[Caveat, ...]:
-    """The current caveats of the sweeps `where` selects (over `sweep`), oldest first: their numbers."""
+def caveats(con: duckdb.DuckDBPyConnection) -> tuple[Caveat, ...]:
+    """The store's current caveats, oldest first: their numbers in every output (`numbering`)."""
     rows = con.execute(f"SELECT c.caveat_id, any_value(c.reason), any_value(c.selection), min(c.noted_at), "
-                       f"count(*), count(DISTINCT c.cell_id) {_CURRENT} WHERE c.sweep IN "
-                       f"(SELECT DISTINCT sweep FROM runs WHERE {where}) GROUP BY c.caveat_id "
-                       f"ORDER BY min(c.noted_at), c.caveat_id", params or []).fetchall()
-    return tuple(Caveat(*r) for r in rows)
+                       f"count(*), count(DISTINCT c.cell_id) {_CURRENT} GROUP BY c.caveat_id "
+                       f"ORDER BY min(c.noted_at), c.caveat_id").fetchall()
+    return tuple(Caveat(cid, reason, sel, at.astimezone(UTC), n, cells) for cid, reason, sel, at, n, cells in rows)
 
 
 def numbering(noted: tuple[Caveat, ...]) -> dict[str, int]:

@@ -182,7 +182,7 @@ def leaderboard_markdown(results: str | Path, sweep: str | None = None) -> str:
     if any(r["ran_dense"] for r in rows):
         out.append(f"{DENSE} ran dense: the engine decompressed the quantized weights at load (weights in use "
                    f"> 1.25 × stored), so its speed and memory are a 16-bit model's, not the format's.")
-    noted = caveats(con, where.removeprefix("WHERE ") or "true", params)
+    noted = caveats(con)
     numbers = numbering(noted)
     out += footnotes(noted, rows)
     out += ["", render_markdown(rows, skipped, failed, numbers)]

@@ -70,8 +70,9 @@ def resolve(con: duckdb.DuckDBPyConnection, name: str, concurrency: int | None =
         raise MeasureError(f"{name[:80]!r} is not a metric name (lower-case letters, digits and _)")
     where, params = ("AND sweep = ?", [sweep]) if sweep else ("", [])
     source = RELATIVE[name][2] if name in RELATIVE else name
-    found = con.execute(f"SELECT any_value(unit), list(DISTINCT d ORDER BY d) FROM metric_catalog, "
-                        f"unnest(directions) AS t(d) WHERE metric = ? {where}", [source, *params]).fetchone()
+    # fetched whole: a result left open (fetchone) refuses the connection's next query (DuckDB 2)
+    [found] = con.execute(f"SELECT any_value(unit), list(DISTINCT d ORDER BY d) FROM metric_catalog, "
+                          f"unnest(directions) AS t(d) WHERE metric = ? {where}", [source, *params]).fetchall()
     if found is None or found[0] is None:
         known = [r[0] for r in con.execute(f"SELECT DISTINCT metric FROM metric_catalog WHERE true {where} ORDER BY 1",
                                            params).fetchall()]

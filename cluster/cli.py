@@ -313,10 +313,6 @@ def _markdown_rows(columns: list[tuple[str, str]], rows: list[dict]) -> str:
 _IDENTITY = [("model", "model"), ("cell", "label"), ("engine", "engine"), ("kv", "kv_cache_dtype")]
 
 
-def _caveats(con, sweep: str | None):
-    """The current caveats in scope, numbered as `qmx leaderboard` and the page number them."""
-    from analysis.caveats import caveats
-    return caveats(con, "sweep = ?", [sweep]) if sweep else caveats(con)
 
 
 def _mark_caveats(rows: list[dict], noted) -> str:
@@ -337,8 +333,9 @@ def rank(by: str = typer.Option(..., "--by", help="metric or leaderboard column,
     baseline-relative columns beside it. Cells whose min–max ranges overlap share a rank."""
     from analysis.rank import rank as run_rank
 
+    from analysis.caveats import caveats
     (target, context, rows), noted = _decide(lambda con: (run_rank(con, by, sweep, where, concurrency),
-                                                          _caveats(con, sweep)), results, sweep)
+                                                          caveats(con)), results, sweep)
     if fmt == "json":
         keys = ["rank", "tied", "sweep", "model", "label", "engine", "kv_cache_dtype", target.column,
                 *(m.column for m in context), "caveat_ids", "cell_id"]
@@ -358,14 +355,14 @@ def pareto(x: str = typer.Option(..., "--x", help="first axis: a metric or leade
            z: str = typer.Option(None, "--z", help="optional third axis"),
            results: str = RESULTS, sweep: str = SWEEP, where: str = WHERE, concurrency: int = CONCURRENCY):
     """The non-dominated cells per model and engine on the chosen axes, each in its own direction."""
-    from analysis.caveats import ids_on
+    from analysis.caveats import caveats, ids_on
     from analysis.pareto import pareto as run_pareto
 
     def run(con):
         measures, table = run_pareto(con, axes, sweep, concurrency, where)
         doubted = ids_on(con, measures, sweep)
         rows = [r | {"caveat_ids": doubted.get((r["sweep"], r["cell_id"]))} for r in table.to_pylist()]
-        return measures, rows, _caveats(con, sweep)
+        return measures, rows, caveats(con)
     axes = [a for a in (x, y, z) if a]
     measures, rows, noted = _decide(run, results, sweep)
     notes = _mark_caveats(rows, noted)

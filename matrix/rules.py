@@ -119,7 +119,7 @@ def _autogptq_keeps_lm_head_only(cell: Cell, _: ModelConfig) -> str | None:
     terms = keep_terms(value) if value is not None else ("lm_head",)
     if terms == ("lm_head",):
         return None
-    asked = ", ".join(terms) or "an empty list"
+    asked = ", ".join(t.encode("unicode_escape").decode() for t in terms) or "an empty list"     # one line
     return bounded(f"option {option.name}: backend autogptq keeps exactly lm_head (it quantizes every decoder "
                    f"linear), not {asked}")
 

@@ -225,19 +225,34 @@ def test_a_doubted_baseline_marks_the_figures_computed_against_it(tmp_path):
     # a measure that does not read the perplexity is untouched
     [rec] = recommend(connect(root), Gates(memory_gib=1.0))
     assert len(rec.passed) == 4
+    front = CliRunner().invoke(app, ["pareto", "--x", "perplexity_delta_pct", "--y", "memory_reduction",
+                                     "--results", str(root)]).output
+    assert front.count(" ‡1 |") == 3, front          # bf16, int8 and nf4 are the front: every Δ is doubted
 
 
-def test_the_same_caveat_twice_is_refused_and_a_rerun_updates_the_counts(tmp_path):
+def test_a_baseline_caveat_off_the_relative_figures_marks_the_baseline_alone(tmp_path):
+    root = tmp_path / "results"
+    record_store(root)
+    assert _caveat(root, "timer drift", "label = 'bf16' AND metric = 'ttft_ms'").exit_code == 0
+    marked = dict(connect(root).execute("SELECT label, caveat_ids IS NOT NULL FROM leaderboard").fetchall())
+    assert marked == {label: label == "bf16" for label in CELLS}
+
+
+def test_the_same_reason_is_noted_once_per_figure_and_a_rerun_updates_the_counts(tmp_path):
     root = tmp_path / "results"
     store = record_store(root)
-    assert _caveat(root, REASON, "concurrency = 4").exit_code == 0
-    again = _caveat(root, REASON, "concurrency = 4 AND label <> 'bf16'")      # a subset of the same figures
-    assert again.exit_code == 2 and "already notes this reason on these figures" in again.output
-    assert len(list((root / "caveats").rglob("*.parquet"))) == 1
+    assert _caveat(root, REASON, "concurrency = 4 AND label = 'bf16'").exit_code == 0
+    wider = _caveat(root, REASON.upper(), "concurrency = 4")     # bf16's 4 figures already carry it
+    assert wider.exit_code == 0 and "on 12 figures of 3 cells" in wider.output, wider.output
+    again = _caveat(root, REASON, "concurrency = 4 AND label <> 'int8 w8'")
+    assert again.exit_code == 2 and "every figure selected already carries this reason" in again.output
+    assert len(list((root / "caveats").rglob("*.parquet"))) == 2
+    assert _served_labels(leaderboard_markdown(root), "c=4") == {label: "‡1" if label == "bf16" else "‡2"
+                                                                 for label in CELLS}
     _, backend, bits, group, *figures = CELLS["gptq w4 g64"]
     store.record(cell("m", "gptq", backend, bits, group), 2, {"status": "ok", "seconds": 1.0},
                  pa.Table.from_pylist(_metrics(*figures).to_pylist()))
-    assert "on 12 figures of 3 cells" in leaderboard_markdown(root)       # the remeasured cell's 4 are gone
+    assert "on 8 figures of 2 cells" in leaderboard_markdown(root)       # the remeasured cell's 4 are gone
 
 
 def test_a_figure_without_settings_and_the_csv(tmp_path):
@@ -266,3 +281,26 @@ def test_a_caveat_on_a_store_given_as_a_uri(tmp_path):
     assert res.output.splitlines()[1] == f"(remove it by deleting {tmp_path}/results/caveats/sweep=s/" \
                                          f"{res.output.split()[1]}.parquet)"
     assert connect(uri).execute("SELECT count(*) FROM serving WHERE caveat_ids IS NOT NULL").fetchone() == (4,)
+
+
+def test_generation_figures_mark_their_own_table_and_the_sanity_tag_is_not_a_caveat(tmp_path):
+    root = tmp_path / "results"
+    store = record_store(root)
+    gsm8k = {"dataset": "gsm8k test", "num_fewshot": 0, "items": 20}
+    _, backend, bits, group, *figures = CELLS["nf4 w4"]
+    extra = [{"metric": "gsm8k_exact_match", "value": 0.3, "unit": "fraction", "direction": "higher",
+              "settings": json.dumps(gsm8k)},
+             {"metric": "sanity_flags", "value": 1.0, "unit": "flags", "direction": "lower", "settings": None}]
+    store.record(cell("m", "nf4", backend, bits, group), 2, {"status": "ok", "seconds": 1.0},
+                 pa.concat_tables([_metrics(*figures), pa.Table.from_pylist(extra, schema=METRIC_SCHEMA)]))
+    assert _caveat(root, "answers leaked", "metric = 'gsm8k_exact_match'").exit_code == 0
+    text = leaderboard_markdown(root)
+    generation = text[text.index("## Generation and long context"):text.index("## Served latency")]
+    assert "| nf4 w4 ‡1 |" in generation and "‡1 answers leaked" in generation
+    ranked = text[:text.index("## Generation and long context")]
+    assert "‡" not in ranked and "| nf4 w4 ⚠ |" in ranked      # the leaderboard row: its sanity flag only
+    publish(root, tmp_path / "site")
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert page.count('class="tag caveat"') == 1 and page.count('class="tag sanity"') == 1
+    [noted] = json.loads((tmp_path / "site" / "leaderboard.json").read_text())["caveats"]
+    assert noted["noted_at"].endswith("+00:00") and "T" in noted["noted_at"]      # ISO 8601, in UTC

@@ -151,4 +151,4 @@ def gather(results: str | Path, sweep: str | None = None, gates: Gates | None = 
         fronts=_fronts(con, sweep), generative=generative_table(con, where, params, [r["cell_id"] for r in rows]),
         gates=gates,
         recommendations=tuple(recommend(con, gates, sweep)) if gates is not None else (),
-        caveats=caveats(con, where, params))
+        caveats=caveats(con))

@@ -13,6 +13,6 @@ def render(m: PublishedResults) -> str:
     writer.writeheader()
     reasons = {c.caveat_id: c.reason for c in m.caveats}
     # a row's caveats as one field a reader can resolve: `<id>: <reason>`, joined
-    writer.writerows({**r, "caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in r["caveat_ids"] or () if i in reasons)}
-                     for r in m.rows)
+    writer.writerows({**r, "caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in r.get("caveat_ids") or ()
+                                                    if i in reasons)} if "caveat_ids" in r else r for r in m.rows)
     return buf.getvalue()
