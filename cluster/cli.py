@@ -313,8 +313,6 @@ def _markdown_rows(columns: list[tuple[str, str]], rows: list[dict]) -> str:
 _IDENTITY = [("model", "model"), ("cell", "label"), ("engine", "engine"), ("kv", "kv_cache_dtype")]
 
 
-
-
 def _mark_caveats(rows: list[dict], noted) -> str:
     """Marks each row's label with its caveats' numbers (`bf16 ‡1`); returns their footnotes, to print
     under the table."""
@@ -331,9 +329,9 @@ def rank(by: str = typer.Option(..., "--by", help="metric or leaderboard column,
          fmt: RankFormat = typer.Option("markdown", "--format", "-f")):
     """Cells ordered by one metric, best first (its direction is the metric's own), with the
     baseline-relative columns beside it. Cells whose min–max ranges overlap share a rank."""
+    from analysis.caveats import caveats
     from analysis.rank import rank as run_rank
 
-    from analysis.caveats import caveats
     (target, context, rows), noted = _decide(lambda con: (run_rank(con, by, sweep, where, concurrency),
                                                           caveats(con)), results, sweep)
     if fmt == "json":

@@ -12,7 +12,10 @@ def render(m: PublishedResults) -> str:
     writer = csv.DictWriter(buf, fieldnames=m.columns, lineterminator="\n")
     writer.writeheader()
     reasons = {c.caveat_id: c.reason for c in m.caveats}
-    # a row's caveats as one field a reader can resolve: `<id>: <reason>`, joined
-    writer.writerows({**r, "caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in r.get("caveat_ids") or ()
-                                                    if i in reasons)} if "caveat_ids" in r else r for r in m.rows)
+
+    def resolved(r: dict) -> dict:
+        # a row's caveats as one field a reader can resolve without the store: `<id>: <reason>`, joined
+        ids = r.get("caveat_ids") or ()
+        return r | {"caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in ids if i in reasons)} if "caveat_ids" in r else r
+    writer.writerows(map(resolved, m.rows))
     return buf.getvalue()
