@@ -15,7 +15,8 @@ def render(m: PublishedResults) -> str:
 
     def resolved(r: dict) -> dict:
         # a row's caveats as one field a reader can resolve without the store: `<id>: <reason>`, joined
-        ids = r.get("caveat_ids") or ()
-        return r | {"caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in ids if i in reasons)} if "caveat_ids" in r else r
+        if "caveat_ids" not in r:
+            return r
+        return r | {"caveat_ids": " | ".join(f"{i}: {reasons[i]}" for i in r["caveat_ids"] or () if i in reasons)}
     writer.writerows(map(resolved, m.rows))
     return buf.getvalue()
